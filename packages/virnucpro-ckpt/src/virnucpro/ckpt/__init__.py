@@ -1,0 +1,1 @@
+"""Kill-safe HDF5 checkpoints, resume and merge for virnucpro runs."""

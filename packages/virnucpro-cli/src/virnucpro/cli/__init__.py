@@ -1,0 +1,1 @@
+"""The virnucpro command line, composed with pluggy."""

@@ -1,0 +1,1 @@
+"""Packed ESM-2 inference: forward, stream runner, GPU queue manager."""
