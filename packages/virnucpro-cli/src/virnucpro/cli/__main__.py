@@ -1,0 +1,7 @@
+"""``python -m virnucpro.cli``."""
+
+import sys
+
+from virnucpro.cli.main import main
+
+sys.exit(main())

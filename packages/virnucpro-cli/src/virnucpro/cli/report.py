@@ -1,0 +1,84 @@
+"""``inspect-checkpoint``: the state of a run directory, as a table or as JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+class RunState(str, Enum):
+    running = "running"
+    interrupted = "interrupted"
+    complete = "complete"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    rank: int
+    sequences: int
+    valid: bool
+    trigger: str | None = None
+    """Why it was written: sequence count, elapsed time, final, stop signal."""
+    gpu_memory_bytes: int | None = None
+    problem: str | None = None
+    """Why it is not valid, if it is not."""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_dir: Path
+    state: RunState
+    total_sequences: int
+    completed_sequences: int
+    checkpoints: tuple[CheckpointInfo, ...]
+    verified: bool
+    """True when every checksum was checked (``--verify``)."""
+
+
+def report_json(report: RunReport) -> str:
+    """One JSON object; paths as strings, state as its name."""
+    data = asdict(report)
+    data["run_dir"] = str(report.run_dir)
+    data["state"] = report.state.value
+    data["checkpoints"] = [
+        {**asdict(checkpoint), "path": str(checkpoint.path)} for checkpoint in report.checkpoints
+    ]
+    return json.dumps(data, sort_keys=True)
+
+
+def _memory(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.1f} GiB"
+
+
+def print_report(console: Console, report: RunReport) -> None:
+    """A header line and one table row per checkpoint, grouped by rank."""
+    share = (
+        f" ({100.0 * report.completed_sequences / report.total_sequences:.1f}%)"
+        if report.total_sequences
+        else ""
+    )
+    console.print(
+        f"{report.run_dir}: {report.state.value}, "
+        f"{report.completed_sequences:,}/{report.total_sequences:,} sequences{share}"
+        + ("" if report.verified else " (checksums not verified; use --verify)"),
+        markup=False,
+        highlight=False,
+    )
+    table = Table("rank", "checkpoint", "sequences", "valid", "trigger", "GPU memory")
+    for checkpoint in sorted(report.checkpoints, key=lambda c: (c.rank, str(c.path))):
+        valid = "yes" if checkpoint.valid else f"NO: {checkpoint.problem or 'invalid'}"
+        table.add_row(
+            str(checkpoint.rank),
+            checkpoint.path.name,
+            f"{checkpoint.sequences:,}",
+            valid,
+            checkpoint.trigger or "-",
+            _memory(checkpoint.gpu_memory_bytes),
+        )
+    console.print(table)

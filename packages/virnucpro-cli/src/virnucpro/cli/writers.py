@@ -1,0 +1,46 @@
+"""Output writers: each turns a finished run directory into one output file.
+
+The built-in writer is HDF5 (``embeddings.h5``); plugins add others through the
+``virnucpro_register_writers`` hook.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class OutputWriter(Protocol):
+    """Writes the merged result of a finished run."""
+
+    name: str
+    """Short name users pick the writer by, e.g. ``hdf5``."""
+
+    def write(self, run_dir: Path) -> Path:
+        """Write the output of the finished run in ``run_dir``; return its path."""
+        ...
+
+
+class WriterRegistry:
+    """Output writers by name; a name may be registered once."""
+
+    def __init__(self) -> None:
+        self._writers: dict[str, OutputWriter] = {}
+
+    def register(self, writer: OutputWriter) -> None:
+        if not isinstance(writer, OutputWriter):
+            raise TypeError(f"{writer!r} is not an output writer (needs .name and .write())")
+        if writer.name in self._writers:
+            raise ValueError(f"an output writer named {writer.name!r} is already registered")
+        self._writers[writer.name] = writer
+
+    def get(self, name: str) -> OutputWriter:
+        try:
+            return self._writers[name]
+        except KeyError:
+            known = ", ".join(sorted(self._writers)) or "none"
+            raise KeyError(f"no output writer named {name!r} (registered: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._writers)
