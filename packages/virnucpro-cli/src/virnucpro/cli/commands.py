@@ -155,7 +155,7 @@ def run(
     chunk_size: Annotated[
         int | None,
         typer.Option(
-            help=f"DNA reads mode: chunk length, 300 or 500 [default: {DEFAULT_CHUNK_SIZE}].",
+            help=f"DNA reads mode: chunk length, 300 or 500 (default {DEFAULT_CHUNK_SIZE}).",
             show_default=False,
             rich_help_panel=DATA,
         ),
@@ -213,7 +213,7 @@ def run(
 
 def resume(
     ctx: typer.Context,
-    run_dir: Annotated[Path, typer.Argument(help="The run directory to continue.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="The run directory to continue.")],
     device: DeviceOption = Device.auto,
     gpus: GpusOption = "all",
     workers: WorkersOption = 2,
@@ -230,7 +230,7 @@ def resume(
 
 def inspect_checkpoint(
     ctx: typer.Context,
-    run_dir: Annotated[Path, typer.Argument(help="The run directory to inspect.")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="The run directory to inspect.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     verify: Annotated[bool, typer.Option(help="Check every checkpoint's checksums.")] = False,
 ) -> None:
