@@ -6,17 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from virnucpro.cli.plugins import ALLOW_VAR, BLOCK_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [ROOT / "packages" / f"virnucpro-{name}" / "src" for name in ("data", "ckpt", "infer", "cli")]
+SOURCES = [
+    ROOT / "packages" / f"virnucpro-{name}" / "src" for name in ("data", "ckpt", "infer", "cli")
+]
 
 
 def write_distribution(
@@ -68,9 +70,7 @@ def cli_dist(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture
-def plugin_path(
-    cli_dist: list[Path], monkeypatch: pytest.MonkeyPatch
-) -> Callable[[Path], None]:
+def plugin_path(cli_dist: list[Path], monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
     """Puts distributions on sys.path for in-process tests, with no plugin variables set."""
     monkeypatch.delenv(BLOCK_VAR, raising=False)
     monkeypatch.delenv(ALLOW_VAR, raising=False)

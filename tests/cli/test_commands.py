@@ -170,9 +170,7 @@ def test_resume(invoke, tmp_path):
     jobs = RecordingJobs(SUMMARY)
     result = invoke(["resume", str(tmp_path), "--gpus", "1"], jobs)
     assert result.exit_code == 0, result.output
-    assert jobs.calls == [
-        ("resume", ResumeOptions(tmp_path, Placement(gpus=GpuSpec(("1",)))))
-    ]
+    assert jobs.calls == [("resume", ResumeOptions(tmp_path, Placement(gpus=GpuSpec(("1",)))))]
 
 
 def test_resume_of_complete_run_says_so(invoke, tmp_path):
@@ -185,7 +183,9 @@ def test_resume_of_complete_run_says_so(invoke, tmp_path):
 def test_resume_missing_run_dir(plugin_path, tmp_path, capsys):
     code = main(["resume", str(tmp_path / "gone")], RecordingJobs(SUMMARY))
     assert code == ExitCode.MISSING_INPUT
-    assert capsys.readouterr().err == f"virnucpro: error: run directory not found: {tmp_path}/gone\n"
+    assert (
+        capsys.readouterr().err == f"virnucpro: error: run directory not found: {tmp_path}/gone\n"
+    )
 
 
 REPORT = RunReport(
@@ -217,8 +217,18 @@ def test_inspect_json(invoke, tmp_path):
     assert [
         {key: c[key] for key in ("path", "rank", "sequences", "valid")} for c in data["checkpoints"]
     ] == [
-        {"path": "runs/x/checkpoints/rank_1/s1_00000.h5", "rank": 1, "sequences": 100, "valid": False},
-        {"path": "runs/x/checkpoints/rank_0/s1_00000.h5", "rank": 0, "sequences": 200, "valid": True},
+        {
+            "path": "runs/x/checkpoints/rank_1/s1_00000.h5",
+            "rank": 1,
+            "sequences": 100,
+            "valid": False,
+        },
+        {
+            "path": "runs/x/checkpoints/rank_0/s1_00000.h5",
+            "rank": 0,
+            "sequences": 200,
+            "valid": True,
+        },
     ]
 
 

@@ -98,14 +98,14 @@ def test_block_wins_over_allow():
     )
 
 
-UNKNOWN_HOOK = '''
+UNKNOWN_HOOK = """
 import pluggy
 hookimpl = pluggy.HookimplMarker("virnucpro")
 
 @hookimpl
 def virnucpro_register_comands(app):
     pass
-'''
+"""
 
 
 def test_unknown_hook_fails_at_start_up(plugin_path, dist_factory):
@@ -173,4 +173,6 @@ def test_version_lists_cli_and_plugins(run_cli, demo_plugin):
     lines = result.stdout.splitlines()
     assert "acme-embedders 3.1.4" in lines
     assert "virnucpro-cli 0.1.0" in lines
-    assert all(line.split()[0] in {"acme-embedders"} or line.startswith("virnucpro-") for line in lines)
+    assert all(
+        line.split()[0] in {"acme-embedders"} or line.startswith("virnucpro-") for line in lines
+    )

@@ -80,9 +80,7 @@ def _require_inputs(inputs: list[Path]) -> tuple[Path, ...]:
         raise MissingInputError(f"input not found: {', '.join(missing)}")
     directories = [str(path) for path in inputs if path.is_dir()]
     if directories:
-        raise MissingInputError(
-            f"input is a directory, not a FASTA file: {', '.join(directories)}"
-        )
+        raise MissingInputError(f"input is a directory, not a FASTA file: {', '.join(directories)}")
     return tuple(inputs)
 
 
@@ -175,7 +173,9 @@ def run(
     workers: WorkersOption = 2,
     checkpoint_every: Annotated[
         int,
-        typer.Option(min=1, help="Checkpoint after this many sequences.", rich_help_panel=CHECKPOINTS),
+        typer.Option(
+            min=1, help="Checkpoint after this many sequences.", rich_help_panel=CHECKPOINTS
+        ),
     ] = DEFAULT_CHECKPOINT_EVERY,
     checkpoint_interval: Annotated[
         float,
@@ -213,7 +213,9 @@ def run(
 
 def resume(
     ctx: typer.Context,
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="The run directory to continue.")],
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="The run directory to continue.")
+    ],
     device: DeviceOption = Device.auto,
     gpus: GpusOption = "all",
     workers: WorkersOption = 2,
@@ -230,7 +232,9 @@ def resume(
 
 def inspect_checkpoint(
     ctx: typer.Context,
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="The run directory to inspect.")],
+    run_dir: Annotated[
+        Path, typer.Argument(metavar="RUN_DIR", help="The run directory to inspect.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     verify: Annotated[bool, typer.Option(help="Check every checkpoint's checksums.")] = False,
 ) -> None:

@@ -32,11 +32,14 @@ class GpuDevice:
     """The device's index in this process (``cuda:<ordinal>``)."""
 
 
+ALL_GPUS = GpuSpec(None)
+
+
 def parse_gpu_spec(text: str) -> GpuSpec:
     """``all`` or comma-separated non-negative integers (or GPU UUIDs), no repeats."""
     cleaned = text.strip()
     if cleaned.lower() == ALL:
-        return GpuSpec(None)
+        return ALL_GPUS
     parts = [part.strip() for part in cleaned.split(",")]
     if not cleaned or any(not part for part in parts):
         raise ValueError(f"{text!r} is not 'all' or a list of GPU ids such as 0,1")

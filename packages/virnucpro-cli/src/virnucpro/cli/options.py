@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from virnucpro.cli.gpus import GpuSpec
+from virnucpro.cli.gpus import ALL_GPUS, GpuSpec
 
 DEFAULT_MODEL = "esm2_t36_3B_UR50D"
 DEFAULT_MAX_LENGTH = 1022
@@ -85,7 +85,7 @@ class Placement:
     """Where and how fast to run; may differ between a run and its resumption."""
 
     device: Device = Device.auto
-    gpus: GpuSpec = GpuSpec(None)
+    gpus: GpuSpec = ALL_GPUS
     workers: int = 2
 
 

@@ -66,7 +66,7 @@ class Meter:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-:--:--"
-    whole = int(round(seconds))
+    whole = round(seconds)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
@@ -201,11 +201,7 @@ class PlainProgress(ProgressDisplay):
     def line(self) -> str:
         now = self._clock()
         total = self.total
-        share = (
-            f" ({100.0 * total.completed / total.total:.1f}%)"
-            if total.total
-            else ""
-        )
+        share = f" ({100.0 * total.completed / total.total:.1f}%)" if total.total else ""
         workers = " ".join(
             f"{key} {format_count(meter)}" for key, meter in self.meters.items() if key != TOTAL
         )

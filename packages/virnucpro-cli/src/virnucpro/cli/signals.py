@@ -7,6 +7,7 @@ written stay valid, and a half-written one is never visible under its final name
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -42,10 +43,8 @@ class GracefulStop:
 
     def _say(self, text: str) -> None:
         """os.write, not print: a handler may interrupt a print in the main thread."""
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._stderr_fd, f"\n{text}\n".encode())
-        except OSError:
-            pass
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
