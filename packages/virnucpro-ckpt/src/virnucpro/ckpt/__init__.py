@@ -1,1 +1,63 @@
-"""Kill-safe HDF5 checkpoints, resume and merge for virnucpro runs."""
+"""Kill-safe HDF5 checkpoints, resume and merge for virnucpro runs.
+
+Nothing here unpickles: checkpoints are HDF5 with JSON-text attributes.
+"""
+
+from virnucpro.ckpt.batch import CheckpointBatch
+from virnucpro.ckpt.checkpoint_file import (
+    CheckpointInfo,
+    validate_checkpoint_hdf5,
+    write_checkpoint_file,
+)
+from virnucpro.ckpt.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    InvalidCheckpointError,
+    ManifestMismatchError,
+    MergeError,
+    RunLockedError,
+)
+from virnucpro.ckpt.inspection import inspect_run
+from virnucpro.ckpt.layout import new_session_id
+from virnucpro.ckpt.lock import RunLock, is_run_locked
+from virnucpro.ckpt.manifest import (
+    check_manifest,
+    manifest_differences,
+    read_manifest,
+    write_manifest,
+)
+from virnucpro.ckpt.merge import merge_checkpoints
+from virnucpro.ckpt.resume import QuarantinedFile, ResumeResult, resume_from_checkpoints
+from virnucpro.ckpt.trigger import CheckpointTrigger
+from virnucpro.ckpt.writer import AsyncCheckpointWriter, WriterStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncCheckpointWriter",
+    "CheckpointBatch",
+    "CheckpointError",
+    "CheckpointInfo",
+    "CheckpointTrigger",
+    "CheckpointWriteError",
+    "InvalidCheckpointError",
+    "ManifestMismatchError",
+    "MergeError",
+    "QuarantinedFile",
+    "ResumeResult",
+    "RunLock",
+    "RunLockedError",
+    "WriterStats",
+    "__version__",
+    "check_manifest",
+    "inspect_run",
+    "is_run_locked",
+    "manifest_differences",
+    "merge_checkpoints",
+    "new_session_id",
+    "read_manifest",
+    "resume_from_checkpoints",
+    "validate_checkpoint_hdf5",
+    "write_checkpoint_file",
+    "write_manifest",
+]

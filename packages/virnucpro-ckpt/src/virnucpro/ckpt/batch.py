@@ -1,0 +1,147 @@
+"""The rows one checkpoint holds, with per-token outputs kept as values plus offsets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from virnucpro.ckpt.layout import PER_TOKEN
+
+OFFSETS_SUFFIX = f"/{PER_TOKEN}_offsets"
+VALUES_SUFFIX = f"/{PER_TOKEN}"
+
+
+def is_offsets(name: str) -> bool:
+    return name.endswith(OFFSETS_SUFFIX)
+
+
+def is_per_token(name: str) -> bool:
+    return name.endswith(VALUES_SUFFIX)
+
+
+@dataclass
+class CheckpointBatch:
+    """Results for some input indices; ``outputs`` maps dataset names to arrays.
+
+    Pooled outputs are ``layer_{L}/{pooling}`` (n x D); per-token outputs are
+    ``layer_{L}/per_token`` (sum(lengths) x D) with ``layer_{L}/per_token_offsets`` (n+1).
+    """
+
+    indices: np.ndarray
+    ids: list[str]
+    lengths: np.ndarray
+    truncated: np.ndarray
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.indices = np.asarray(self.indices, dtype=np.int64)
+        self.ids = [str(i) for i in self.ids]
+        self.lengths = np.asarray(self.lengths, dtype=np.int64)
+        self.truncated = np.asarray(self.truncated, dtype=bool)
+        self.outputs = {
+            name: np.ascontiguousarray(value, dtype=np.int64 if is_offsets(name) else np.float32)
+            for name, value in self.outputs.items()
+        }
+        self.check()
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.outputs.values()) + self.indices.nbytes * 3)
+
+    def check(self) -> None:
+        """Raise ValueError when the arrays disagree about the number of rows."""
+        n = len(self)
+        if self.indices.ndim != 1:
+            raise ValueError("checkpoint batch: indices must be 1-D")
+        for name, size in (("ids", len(self.ids)), ("lengths", self.lengths.shape[0])):
+            if size != n:
+                raise ValueError(f"checkpoint batch: {name} has {size} rows, indices {n}")
+        if self.truncated.shape != (n,):
+            raise ValueError(f"checkpoint batch: truncated has shape {self.truncated.shape}")
+        for name, value in self.outputs.items():
+            if is_offsets(name):
+                check_offsets(name, value, self.lengths)
+                values = self.outputs.get(name[: -len("_offsets")])
+                if values is None:
+                    raise ValueError(f"checkpoint batch: {name} without its values")
+                if values.ndim != 2 or values.shape[0] != value[-1]:
+                    raise ValueError(
+                        f"checkpoint batch: {name[: -len('_offsets')]} has shape "
+                        f"{values.shape}, offsets end at {int(value[-1])}"
+                    )
+            elif is_per_token(name):
+                if name + "_offsets" not in self.outputs:
+                    raise ValueError(f"checkpoint batch: {name} without {name}_offsets")
+            elif value.ndim != 2 or value.shape[0] != n:
+                raise ValueError(f"checkpoint batch: {name} has shape {value.shape}, {n} rows")
+
+    def sorted_by_index(self) -> CheckpointBatch:
+        """The same rows in increasing input-index order (per-token segments moved too)."""
+        order = np.argsort(self.indices, kind="stable")
+        if np.array_equal(order, np.arange(len(self))):
+            return self
+        outputs = {}
+        for name, value in self.outputs.items():
+            if is_offsets(name):
+                continue
+            if is_per_token(name):
+                offsets = self.outputs[name + "_offsets"]
+                outputs[name] = value[gather_segments(offsets, order)]
+                outputs[name + "_offsets"] = offsets_from_lengths(np.diff(offsets)[order])
+            else:
+                outputs[name] = value[order]
+        return CheckpointBatch(
+            indices=self.indices[order],
+            ids=[self.ids[i] for i in order],
+            lengths=self.lengths[order],
+            truncated=self.truncated[order],
+            outputs=outputs,
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[CheckpointBatch]) -> CheckpointBatch:
+        """One batch holding every row of ``parts`` (per-token offsets rebased)."""
+        if not parts:
+            raise ValueError("checkpoint batch: nothing to concatenate")
+        outputs = {}
+        for name in parts[0].outputs:
+            if is_offsets(name):
+                lengths = np.concatenate([np.diff(p.outputs[name]) for p in parts])
+                outputs[name] = offsets_from_lengths(lengths)
+            else:
+                outputs[name] = np.concatenate([p.outputs[name] for p in parts])
+        return cls(
+            indices=np.concatenate([p.indices for p in parts]),
+            ids=[i for p in parts for i in p.ids],
+            lengths=np.concatenate([p.lengths for p in parts]),
+            truncated=np.concatenate([p.truncated for p in parts]),
+            outputs=outputs,
+        )
+
+
+def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def check_offsets(name: str, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    """Offsets start at 0 and step by each row's length (per-token rows = residues)."""
+    if offsets.shape != (lengths.shape[0] + 1,) or offsets[0] != 0:
+        raise ValueError(f"checkpoint batch: {name} must have n+1 entries starting at 0")
+    if not np.array_equal(np.diff(offsets), lengths):
+        raise ValueError(f"checkpoint batch: {name} steps differ from lengths")
+
+
+def gather_segments(offsets: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Row positions of the ragged segments ``order`` of ``offsets``, concatenated."""
+    starts = offsets[:-1][order]
+    lengths = np.diff(offsets)[order]
+    total = int(lengths.sum())
+    shift = np.repeat(starts - offsets_from_lengths(lengths)[:-1], lengths)
+    return np.arange(total, dtype=np.int64) + shift

@@ -1,0 +1,256 @@
+"""One checkpoint as one HDF5 file: write it atomically, validate it, read its header.
+
+Every attribute is stored as JSON text, so a value reads back exactly as written
+(``None`` included) and nothing is ever unpickled (lesson 10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from virnucpro.ckpt.batch import CheckpointBatch, check_offsets, is_offsets
+from virnucpro.ckpt.errors import InvalidCheckpointError
+from virnucpro.ckpt.fsio import publish
+from virnucpro.ckpt.layout import CHECKPOINT_NAME, RANK_DIR_NAME, output_names, temp_path
+
+FORMAT_VERSION = 1
+ROW_DATASETS = ("indices", "ids", "lengths", "truncated")
+# Manifest keys a checkpoint must agree with to belong to the run.
+IDENTITY_KEYS = (
+    "input_fingerprint",
+    "model",
+    "model_checksum",
+    "random_weights",
+    "seed",
+    "layers",
+    "pooling",
+    "precision",
+    "max_length",
+)
+RUN_KEYS = (*IDENTITY_KEYS, "versions", "embed_dim")
+WRITE_KEYS = (
+    "rank",
+    "world_size",
+    "session",
+    "sequence",
+    "trigger_reason",
+    "created_at",
+    "written_at",
+    "gpu_memory_allocated_bytes",
+    "gpu_memory_peak_bytes",
+)
+HASH_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a valid checkpoint holds: its header and its number of rows."""
+
+    path: Path
+    rank: int
+    session: str
+    sequence: int
+    num_sequences: int
+    attrs: dict[str, Any]
+
+
+def write_checkpoint_file(path: Path, batch: CheckpointBatch, attrs: Mapping[str, Any]) -> int:
+    """Write ``batch`` (rows sorted by input index) to ``path`` atomically; return bytes.
+
+    The file is built under a temporary name, fsynced, renamed into place and the
+    directory fsynced, so a kill at any moment leaves either no file or a whole one.
+    """
+    batch = batch.sorted_by_index()
+    tmp = temp_path(path)
+    header = dict(attrs)
+    header["format_version"] = FORMAT_VERSION
+    header["num_sequences"] = len(batch)
+    header["data_checksum"] = batch_checksum(batch)
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("indices", data=batch.indices)
+        f.create_dataset(
+            "ids", data=np.array(batch.ids, dtype=object), dtype=h5py.string_dtype("utf-8")
+        )
+        f.create_dataset("lengths", data=batch.lengths)
+        f.create_dataset("truncated", data=batch.truncated)
+        for name, value in batch.outputs.items():
+            f.create_dataset(name, data=value)
+        for key, value in header.items():
+            f.attrs[key] = json.dumps(value)
+        f.flush()
+    size = os.path.getsize(tmp)
+    publish(tmp, path)
+    return size
+
+
+def batch_checksum(batch: CheckpointBatch) -> str:
+    """sha256 of every dataset, in a fixed order, as the file will hold it."""
+    arrays: dict[str, Any] = {
+        "indices": batch.indices,
+        "ids": batch.ids,
+        "lengths": batch.lengths,
+        "truncated": batch.truncated,
+        **batch.outputs,
+    }
+    digest = hashlib.sha256()
+    for name in checksum_order(arrays):
+        value = arrays[name]
+        if name == "ids":
+            _hash_ids(digest, value)
+        else:
+            _hash_array(digest, name, value, iter([value]))
+    return digest.hexdigest()
+
+
+def file_checksum(f: h5py.File) -> str:
+    """sha256 of a checkpoint file's datasets, read in bounded slices."""
+    digest = hashlib.sha256()
+    for name in checksum_order(dataset_names(f)):
+        ds = f[name]
+        if name == "ids":
+            _hash_ids(digest, list(ds.asstr()[()]))
+        else:
+            _hash_array(digest, name, ds, _slices(ds))
+    return digest.hexdigest()
+
+
+def checksum_order(names: Any) -> list[str]:
+    outputs = sorted(n for n in names if n not in ROW_DATASETS)
+    return [*ROW_DATASETS, *outputs]
+
+
+def dataset_names(f: h5py.File) -> list[str]:
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+def _slices(ds: h5py.Dataset) -> Iterator[np.ndarray]:
+    if ds.shape[0] == 0:
+        yield ds[()]
+        return
+    for start in range(0, ds.shape[0], HASH_ROWS):
+        yield ds[start : start + HASH_ROWS]
+
+
+def _hash_array(digest: Any, name: str, value: Any, pieces: Iterator[np.ndarray]) -> None:
+    digest.update(f"{name}|{np.dtype(value.dtype).str}|{tuple(value.shape)}|".encode())
+    for piece in pieces:
+        digest.update(np.ascontiguousarray(piece).tobytes())
+
+
+def _hash_ids(digest: Any, ids: list[str]) -> None:
+    encoded = [i.encode("utf-8") for i in ids]
+    digest.update(f"ids|{len(encoded)}|".encode())
+    digest.update(np.array([len(e) for e in encoded], dtype=np.int64).tobytes())
+    digest.update(b"".join(encoded))
+
+
+def read_attrs(f: h5py.File) -> dict[str, Any]:
+    return {key: json.loads(value) for key, value in f.attrs.items()}
+
+
+def parse_checkpoint_path(path: Path) -> tuple[int, str, int]:
+    """``(rank, session, sequence)`` from ``.../rank_{r}/{session}_{seq}.h5``."""
+    name_match = CHECKPOINT_NAME.match(path.name)
+    rank_match = RANK_DIR_NAME.match(path.parent.name)
+    if not name_match or not rank_match:
+        raise InvalidCheckpointError(f"{path}: not a checkpoint name (rank_R/SESSION_SEQ.h5)")
+    return int(rank_match["rank"]), name_match["session"], int(name_match["seq"])
+
+
+def validate_checkpoint_hdf5(
+    path: Path, manifest: Mapping[str, Any] | None = None, verify_checksum: bool = True
+) -> CheckpointInfo:
+    """Check that ``path`` is a whole checkpoint of this run; raise InvalidCheckpointError.
+
+    Checks: the name, that HDF5 opens it, the header, that every dataset has the row
+    count, dtypes and widths the run expects, indices strictly increasing and in range,
+    per-token offsets consistent with lengths, the header agrees with ``manifest``,
+    and (``verify_checksum``) the data checksum.
+    """
+    path = Path(path)
+    rank, session, sequence = parse_checkpoint_path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = _check_header(f, path, rank, session, sequence, manifest)
+            _check_rows(f, path, attrs, manifest)
+            if verify_checksum and file_checksum(f) != attrs["data_checksum"]:
+                raise InvalidCheckpointError(f"{path}: data checksum does not match")
+    except InvalidCheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise InvalidCheckpointError(f"{path}: unreadable ({exc})") from None
+    return CheckpointInfo(path, rank, session, sequence, attrs["num_sequences"], attrs)
+
+
+def _check_header(
+    f: h5py.File,
+    path: Path,
+    rank: int,
+    session: str,
+    sequence: int,
+    manifest: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    attrs = read_attrs(f)
+    needed = (*RUN_KEYS, *WRITE_KEYS, "format_version", "num_sequences", "data_checksum")
+    missing = [k for k in needed if k not in attrs]
+    if missing:
+        raise InvalidCheckpointError(f"{path}: header lacks {', '.join(missing)}")
+    if attrs["format_version"] != FORMAT_VERSION:
+        raise InvalidCheckpointError(f"{path}: format version {attrs['format_version']}")
+    where = (attrs["rank"], attrs["session"], attrs["sequence"])
+    if where != (rank, session, sequence):
+        raise InvalidCheckpointError(f"{path}: header says rank/session/seq {where}")
+    if manifest is not None:
+        for key in IDENTITY_KEYS:
+            if attrs[key] != manifest.get(key):
+                raise InvalidCheckpointError(
+                    f"{path}: {key} {attrs[key]!r} differs from the run's {manifest.get(key)!r}"
+                )
+    return attrs
+
+
+def _check_rows(
+    f: h5py.File, path: Path, attrs: Mapping[str, Any], manifest: Mapping[str, Any] | None
+) -> None:
+    n = attrs["num_sequences"]
+    expected = output_names(attrs["layers"], attrs["pooling"])
+    present = sorted(x for x in dataset_names(f) if x not in ROW_DATASETS)
+    if present != expected:
+        raise InvalidCheckpointError(f"{path}: outputs {present}, expected {expected}")
+    for name in ROW_DATASETS:
+        if name not in f or f[name].shape != (n,):
+            raise InvalidCheckpointError(f"{path}: {name} does not have {n} rows")
+    if f["indices"].dtype != np.int64 or f["lengths"].dtype != np.int64:
+        raise InvalidCheckpointError(f"{path}: indices and lengths must be int64")
+    indices = f["indices"][()]
+    if n and (np.any(np.diff(indices) <= 0) or indices[0] < 0):
+        raise InvalidCheckpointError(f"{path}: indices not strictly increasing")
+    total = None if manifest is None else manifest.get("num_sequences")
+    if n and total is not None and indices[-1] >= total:
+        raise InvalidCheckpointError(f"{path}: index {int(indices[-1])} beyond {total} inputs")
+    lengths = f["lengths"][()]
+    width = attrs["embed_dim"]
+    for name in expected:
+        ds = f[name]
+        if is_offsets(name):
+            try:
+                check_offsets(name, ds[()], lengths)
+            except ValueError as exc:
+                raise InvalidCheckpointError(f"{path}: {exc}") from None
+            continue
+        rows = int(lengths.sum()) if name.endswith("/per_token") else n
+        if ds.dtype != np.float32 or ds.shape != (rows, width):
+            raise InvalidCheckpointError(
+                f"{path}: {name} is {ds.dtype} {ds.shape}, expected float32 ({rows}, {width})"
+            )

@@ -1,0 +1,25 @@
+"""Errors of the checkpoint package; each message is one line saying what to do."""
+
+
+class CheckpointError(Exception):
+    """Base of every error raised by virnucpro.ckpt."""
+
+
+class InvalidCheckpointError(CheckpointError):
+    """A checkpoint file is damaged, partial or belongs to another run."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A background checkpoint write failed; the rows it held are not saved."""
+
+
+class ManifestMismatchError(CheckpointError, ValueError):
+    """Resume was asked with a configuration that differs from the run's manifest."""
+
+
+class MergeError(CheckpointError):
+    """The checkpoints cannot be merged: a row is missing, doubled or unreadable."""
+
+
+class RunLockedError(CheckpointError):
+    """Another process holds the run directory's lock."""

@@ -1,0 +1,78 @@
+"""Names and places inside a run directory (docs/design.md, "Run directory")."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = "run.lock"
+CHECKPOINTS_DIR = "checkpoints"
+QUARANTINE_DIR = "quarantine"
+MERGED_NAME = "embeddings.h5"
+TEMP_SUFFIX = ".tmp"
+DEFAULT_POOLING = "mean"
+PER_TOKEN = "per_token"
+
+CHECKPOINT_NAME = re.compile(r"^(?P<session>[A-Za-z0-9-]+)_(?P<seq>\d{5,})\.h5$")
+RANK_DIR_NAME = re.compile(r"^rank_(?P<rank>\d+)$")
+
+
+def new_session_id() -> str:
+    """A session id that sorts by start time and never repeats across sessions."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def rank_dir(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR / f"rank_{rank}"
+
+
+def checkpoint_path(run_dir: Path, rank: int, session: str, seq: int) -> Path:
+    return rank_dir(run_dir, rank) / f"{session}_{seq:05d}.h5"
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(final.name + TEMP_SUFFIX)
+
+
+def pooled_name(layer: int, pooling: str) -> str:
+    return f"layer_{layer}/{pooling}"
+
+
+def offsets_name(layer: int) -> str:
+    return f"layer_{layer}/{PER_TOKEN}_offsets"
+
+
+def output_names(layers: Iterable[int], pooling: Iterable[str]) -> list[str]:
+    """Every output dataset a run with these layers and poolings writes, offsets included."""
+    names = []
+    for layer in layers:
+        for kind in pooling:
+            names.append(pooled_name(layer, kind))
+            if kind == PER_TOKEN:
+                names.append(offsets_name(layer))
+    return sorted(names)
+
+
+def default_output(layers: Iterable[int], pooling: Iterable[str]) -> str | None:
+    """The output the merged file also calls ``embeddings``: last layer, mean pooling."""
+    layers = list(layers)
+    if not layers or DEFAULT_POOLING not in pooling:
+        return None
+    return pooled_name(max(layers), DEFAULT_POOLING)
+
+
+def iter_rank_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(rank, directory)`` for every rank directory present, by rank."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = RANK_DIR_NAME.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match["rank"]), child))
+    return sorted(found)

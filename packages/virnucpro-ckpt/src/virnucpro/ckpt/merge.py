@@ -1,0 +1,236 @@
+"""Stream every checkpoint into RUN_DIR/embeddings.h5 in input order, in bounded memory.
+
+Bookkeeping is O(N) small integers (which file holds each row); embeddings pass
+through a buffer of at most ``memory_budget_bytes``. Each checkpoint's rows are sorted
+by input index, so the rows of an output chunk are one contiguous slice per file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from virnucpro.ckpt.batch import offsets_from_lengths
+from virnucpro.ckpt.checkpoint_file import validate_checkpoint_hdf5
+from virnucpro.ckpt.errors import InvalidCheckpointError, MergeError
+from virnucpro.ckpt.fsio import publish
+from virnucpro.ckpt.layout import (
+    CHECKPOINT_NAME,
+    MERGED_NAME,
+    TEMP_SUFFIX,
+    default_output,
+    iter_rank_dirs,
+    new_session_id,
+    output_names,
+)
+from virnucpro.ckpt.manifest import read_manifest
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+MAX_OPEN_FILES = 64
+
+
+@dataclass
+class _Source:
+    path: Path
+    indices: np.ndarray
+    offsets: np.ndarray  # per-token row offsets, from the file's lengths
+
+
+def merge_checkpoints(
+    run_dir: Path,
+    verify_checksum: bool = True,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+) -> Path:
+    """Write ``RUN_DIR/embeddings.h5`` atomically; raise MergeError on any defect.
+
+    Every checkpoint must be valid (run resume first to move bad files aside), and
+    every input index must be held by exactly one of them: a missing or duplicated
+    row is named in the error.
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    total = int(manifest["num_sequences"])
+    sources = _load_sources(run_dir, manifest, verify_checksum)
+    lengths, truncated = _locate_rows(sources, total)
+    names = output_names(manifest["layers"], manifest["pooling"])
+    final = run_dir / MERGED_NAME
+    tmp = run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
+    try:
+        with h5py.File(tmp, "w") as out, _FileCache() as cache:
+            _write_merged(
+                out, manifest, names, sources, lengths, truncated, cache, memory_budget_bytes
+            )
+            out.flush()
+        publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def _load_sources(
+    run_dir: Path, manifest: Mapping[str, Any], verify_checksum: bool
+) -> list[_Source]:
+    sources = []
+    for _rank, directory in iter_rank_dirs(run_dir):
+        for path in sorted(directory.iterdir()):
+            if not CHECKPOINT_NAME.match(path.name):
+                raise MergeError(f"{path}: not a finished checkpoint; run resume to move it aside")
+            try:
+                validate_checkpoint_hdf5(path, manifest, verify_checksum)
+            except InvalidCheckpointError as exc:
+                raise MergeError(f"{exc}; run resume to move it aside") from None
+            with h5py.File(path, "r") as f:
+                indices = f["indices"][()]
+                offsets = offsets_from_lengths(f["lengths"][()])
+            sources.append(_Source(path, indices, offsets))
+    return sources
+
+
+def _locate_rows(sources: list[_Source], total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Check each input index is held exactly once; return lengths and truncation flags."""
+    owner = np.full(total, -1, dtype=np.int32)
+    lengths = np.zeros(total, dtype=np.int64)
+    truncated = np.zeros(total, dtype=bool)
+    for number, source in enumerate(sources):
+        held = owner[source.indices]
+        if (held >= 0).any():
+            at = int(np.flatnonzero(held >= 0)[0])
+            index = int(source.indices[at])
+            other = sources[held[at]].path
+            raise MergeError(f"row {index} is duplicated: it is in {other} and {source.path}")
+        owner[source.indices] = number
+        lengths[source.indices] = np.diff(source.offsets)
+        with h5py.File(source.path, "r") as f:
+            truncated[source.indices] = f["truncated"][()]
+    missing = np.flatnonzero(owner < 0)
+    if missing.size:
+        shown = ", ".join(str(int(i)) for i in missing[:10])
+        raise MergeError(
+            f"{missing.size} of {total} rows are missing (input indices {shown}"
+            f"{', ...' if missing.size > 10 else ''}); run resume to compute them"
+        )
+    return lengths, truncated
+
+
+def _write_merged(
+    out: h5py.File,
+    manifest: Mapping[str, Any],
+    names: list[str],
+    sources: list[_Source],
+    lengths: np.ndarray,
+    truncated: np.ndarray,
+    cache: _FileCache,
+    budget: int,
+) -> None:
+    total = lengths.shape[0]
+    width = int(manifest["embed_dim"])
+    offsets = offsets_from_lengths(lengths)
+    pooled = [n for n in names if not n.endswith("/per_token") and not n.endswith("_offsets")]
+    per_token = [n for n in names if n.endswith("/per_token")]
+    ids = out.create_dataset("ids", shape=(total,), dtype=h5py.string_dtype("utf-8"))
+    out.create_dataset("lengths", data=lengths)
+    out.create_dataset("truncated", data=truncated)
+    targets = {n: out.create_dataset(n, shape=(total, width), dtype=np.float32) for n in pooled}
+    for name in per_token:
+        targets[name] = out.create_dataset(name, shape=(int(offsets[-1]), width), dtype=np.float32)
+        out.create_dataset(name + "_offsets", data=offsets)
+    for start, stop in _chunks(offsets, width, len(pooled), bool(per_token), budget):
+        _copy_chunk(start, stop, sources, offsets, targets, ids, per_token, cache)
+    main = default_output(manifest["layers"], manifest["pooling"])
+    if main is not None:
+        out["embeddings"] = out[main]
+    for key, value in manifest.items():
+        out.attrs[key] = json.dumps(value)
+
+
+def _chunks(
+    offsets: np.ndarray, width: int, num_pooled: int, has_per_token: bool, budget: int
+) -> list[tuple[int, int]]:
+    """Row ranges whose buffers fit the budget (at least one row each)."""
+    total = offsets.shape[0] - 1
+    row_cap = max(1, budget // max(1, 4 * width * max(1, num_pooled)))
+    token_cap = max(1, budget // (4 * width))
+    ranges = []
+    start = 0
+    while start < total:
+        stop = min(total, start + row_cap)
+        if has_per_token:
+            fit = int(np.searchsorted(offsets, offsets[start] + token_cap, side="right")) - 1
+            stop = max(start + 1, min(stop, fit))
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+def _copy_chunk(
+    start: int,
+    stop: int,
+    sources: list[_Source],
+    offsets: np.ndarray,
+    targets: dict[str, h5py.Dataset],
+    ids: h5py.Dataset,
+    per_token: list[str],
+    cache: _FileCache,
+) -> None:
+    buffers = {
+        name: np.empty(
+            (offsets[stop] - offsets[start] if name in per_token else stop - start, ds.shape[1]),
+            dtype=np.float32,
+        )
+        for name, ds in targets.items()
+    }
+    id_buffer = np.empty(stop - start, dtype=object)
+    for source in sources:
+        lo, hi = np.searchsorted(source.indices, [start, stop])
+        if lo == hi:
+            continue
+        f = cache.open(source.path)
+        where = source.indices[lo:hi] - start
+        id_buffer[where] = f["ids"].asstr()[lo:hi]
+        for name, buffer in buffers.items():
+            if name in per_token:
+                block = f[name][source.offsets[lo] : source.offsets[hi]]
+                seg = np.diff(source.offsets[lo : hi + 1])
+                dest = offsets[source.indices[lo:hi]] - offsets[start]
+                src = source.offsets[lo:hi] - source.offsets[lo]
+                buffer[np.arange(block.shape[0]) + np.repeat(dest - src, seg)] = block
+            else:
+                buffer[where] = f[name][lo:hi]
+    ids[start:stop] = id_buffer
+    for name, buffer in buffers.items():
+        if name in per_token:
+            targets[name][offsets[start] : offsets[stop]] = buffer
+        else:
+            targets[name][start:stop] = buffer
+
+
+class _FileCache:
+    """A few checkpoint files kept open, least recently used closed first."""
+
+    def __init__(self) -> None:
+        self._open: OrderedDict[Path, h5py.File] = OrderedDict()
+
+    def open(self, path: Path) -> h5py.File:
+        if path in self._open:
+            self._open.move_to_end(path)
+            return self._open[path]
+        if len(self._open) >= MAX_OPEN_FILES:
+            self._open.popitem(last=False)[1].close()
+        handle = h5py.File(path, "r")
+        self._open[path] = handle
+        return handle
+
+    def __enter__(self) -> _FileCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open.clear()

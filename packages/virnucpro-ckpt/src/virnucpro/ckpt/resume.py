@@ -1,0 +1,92 @@
+"""Resume: what is done, with damaged or partial files moved aside, never deleted."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from virnucpro.ckpt.checkpoint_file import CheckpointInfo
+from virnucpro.ckpt.fsio import fsync_dir
+from virnucpro.ckpt.layout import QUARANTINE_DIR, TEMP_SUFFIX
+from virnucpro.ckpt.manifest import check_manifest, read_manifest
+from virnucpro.ckpt.scan import read_indices, scan_checkpoints
+
+
+@dataclass(frozen=True)
+class QuarantinedFile:
+    source: Path
+    destination: Path | None
+    reason: str
+
+
+@dataclass
+class ResumeResult:
+    """``done_indices``: sorted, unique int64 input indices held by valid checkpoints."""
+
+    done_indices: np.ndarray
+    num_sequences: int
+    checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    quarantined: list[QuarantinedFile] = field(default_factory=list)
+
+    @property
+    def num_done(self) -> int:
+        return int(self.done_indices.shape[0])
+
+    @property
+    def num_left(self) -> int:
+        return self.num_sequences - self.num_done
+
+
+def resume_from_checkpoints(
+    run_dir: Path,
+    manifest: Mapping[str, Any] | None = None,
+    quarantine: bool = True,
+    verify_checksum: bool = True,
+    ignore_sessions: Collection[str] = (),
+) -> ResumeResult:
+    """Validate every rank's checkpoints and return the input indices already done.
+
+    ``manifest``: the configuration asked for now; a change of inputs, model, layers,
+    pooling, precision or max length raises ManifestMismatchError. With ``quarantine``
+    (only while holding the RunLock, before any writer starts) rejected files and
+    stale temporary files move to ``RUN_DIR/quarantine/``; otherwise they are only
+    reported (``destination`` None). ``ignore_sessions``: sessions still writing, e.g.
+    the current one when each rank computes its own work list.
+    """
+    run_dir = Path(run_dir)
+    stored = check_manifest(run_dir, manifest) if manifest is not None else read_manifest(run_dir)
+    scan = scan_checkpoints(run_dir, stored, verify_checksum, ignore_sessions)
+    rejected = list(scan.rejected)
+    if quarantine:
+        rejected += [
+            (path, "partial write (temporary file)")
+            for path in sorted(run_dir.glob(f".*{TEMP_SUFFIX}"))
+        ]
+    moved = [
+        QuarantinedFile(path, move_aside(run_dir, path) if quarantine else None, reason)
+        for path, reason in rejected
+    ]
+    parts = [read_indices(info.path) for info in scan.valid]
+    done = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    return ResumeResult(done, int(stored["num_sequences"]), scan.valid, moved)
+
+
+def move_aside(run_dir: Path, path: Path) -> Path:
+    """Move ``path`` into ``RUN_DIR/quarantine/`` under a name that never overwrites."""
+    target_dir = run_dir / QUARANTINE_DIR
+    target_dir.mkdir(exist_ok=True)
+    prefix = path.parent.name + "__" if path.parent != run_dir else ""
+    target = target_dir / f"{prefix}{path.name}"
+    copy = 1
+    while target.exists():
+        target = target_dir / f"{prefix}{path.name}.{copy}"
+        copy += 1
+    os.rename(path, target)
+    fsync_dir(target_dir)
+    fsync_dir(path.parent)
+    return target
