@@ -6,7 +6,12 @@ from virnucpro.data.dataloader_utils import (
     create_async_dataloader,
     cuda_safe_worker_init,
 )
-from virnucpro.data.datasets import PackedBatchDataset, SequenceDataset
+from virnucpro.data.datasets import (
+    PackedBatchDataset,
+    SequenceDataset,
+    batches_of_worker,
+    records_of_worker,
+)
 from virnucpro.data.errors import InputError
 from virnucpro.data.index import SequenceIndex, build_index
 from virnucpro.data.packed_batch import pack_residues
@@ -41,6 +46,7 @@ __all__ = [
     "SequenceIndex",
     "VarlenCollator",
     "batch_tokens",
+    "batches_of_worker",
     "build_index",
     "check_worker_cuda_isolation",
     "chunk_starts",
@@ -50,6 +56,7 @@ __all__ = [
     "pack_residues",
     "packing_efficiency",
     "plan_batches",
+    "records_of_worker",
     "sequence_costs",
     "split_for_rank",
     "tokenize",

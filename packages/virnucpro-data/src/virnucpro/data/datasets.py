@@ -21,6 +21,19 @@ def _worker_share() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def batches_of_worker(num_batches: int, worker: int, num_workers: int) -> range:
+    """Plan positions worker `worker` of `num_workers` builds: every num_workers-th batch."""
+    return range(worker, num_batches, num_workers)
+
+
+def records_of_worker(
+    num_records: int, rank: int, world_size: int, worker: int, num_workers: int
+) -> range:
+    """Input indices of one worker of one rank: record i goes to rank i % world_size, then to
+    worker (i // world_size) % num_workers."""
+    return range(rank + world_size * worker, num_records, world_size * num_workers)
+
+
 class PackedBatchDataset(IterableDataset):
     """Packed batches of a plan (`plan_batches`, or a rank's `split_for_rank` share).
 
@@ -42,7 +55,7 @@ class PackedBatchDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         check_worker_cuda_isolation()
         worker, num_workers = _worker_share()
-        for b in range(worker, len(self.batches), num_workers):
+        for b in batches_of_worker(len(self.batches), worker, num_workers):
             indices = self.batches[b]
             residues = self.index.read_many(indices)
             ids = [self.index.id(int(i)) for i in indices]
@@ -81,11 +94,10 @@ class SequenceDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         check_worker_cuda_isolation()
         worker, num_workers = _worker_share()
-        step = self.world_size * num_workers
-        first = self.rank + self.world_size * worker
         file_of = self.index.file_of
         names = [path.name for path in self.index.files]
-        for i in range(first, len(self.index), step):
+        share = records_of_worker(len(self.index), self.rank, self.world_size, worker, num_workers)
+        for i in share:
             residues = self.index.read(i)
             cut = residues[: self.max_length] if self.max_length else residues
             yield {
