@@ -39,7 +39,9 @@ class PackedBatchDataset(IterableDataset):
 
     Batch `b` is built by DataLoader worker `b % num_workers`; the DataLoader takes one batch
     from each worker in turn, so it yields the batches in plan order. Use
-    `create_async_dataloader(dataset, batch_size=None, ...)`.
+    `create_async_dataloader(dataset, batch_size=None, ...)`. In a worker the arrays are
+    yielded as numpy (the pipe carries them ~3x faster than tensors through shared memory);
+    `create_async_dataloader`, or a plain DataLoader's default conversion, makes them tensors.
     """
 
     def __init__(
@@ -55,11 +57,12 @@ class PackedBatchDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         check_worker_cuda_isolation()
         worker, num_workers = _worker_share()
+        in_worker = get_worker_info() is not None
         for b in batches_of_worker(len(self.batches), worker, num_workers):
             indices = self.batches[b]
             residues = self.index.read_many(indices)
             ids = [self.index.id(int(i)) for i in indices]
-            yield pack_residues(residues, ids, indices, self.max_length)
+            yield pack_residues(residues, ids, indices, self.max_length, as_numpy=in_worker)
 
 
 class SequenceDataset(IterableDataset):
