@@ -2,6 +2,8 @@
 
 import gzip
 import importlib.util
+import subprocess
+import sys
 
 import pytest
 
@@ -13,10 +15,21 @@ from virnucpro.data import (
     tokenize,
 )
 
+OTHERS = ["esm", "h5py", "typer", "rich", "pluggy"]
 
-@pytest.mark.parametrize("module", ["esm", "h5py", "typer", "rich", "pluggy"])
+
+@pytest.mark.parametrize("module", [m for m in OTHERS if m != "pluggy"])
 def test_other_dependencies_are_absent(module):
     assert importlib.util.find_spec(module) is None, f"{module} must not be installed here"
+
+
+def test_data_package_imports_none_of_them():
+    """pytest itself needs pluggy, so pluggy is proven unused by import, not by absence."""
+    code = "import sys, virnucpro.data; print(sorted(set(sys.argv[1:]) & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code, *OTHERS], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_fasta_streams_into_packed_batches(tmp_path):
