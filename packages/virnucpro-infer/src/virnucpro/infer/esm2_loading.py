@@ -118,6 +118,7 @@ def build_random_esm2(name: str, seed: int, device: torch.device | str = "cpu") 
     with torch.device("meta"):
         model = ESM2(arch.num_layers, arch.embed_dim, arch.attention_heads, token_dropout=True)
     model.to_empty(device=device)
+    model.lm_head.weight = model.embed_tokens.weight  # to_empty unties fair-esm's tied weights
     for param_name, param in model.named_parameters():
         mean, std = _random_spec(param_name)
         if param.ndim == 2 and param_name != "embed_tokens.weight":

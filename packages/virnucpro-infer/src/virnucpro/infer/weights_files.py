@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,14 @@ def load_weights_file(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
+        forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if forbidden is None:
+            raise ModelLoadError(
+                f"cannot read weights file {path}: it is not a torch checkpoint"
+            ) from None
         raise ModelLoadError(
-            f"{path} holds objects other than tensors and an argparse.Namespace, which "
-            f"virnucpro refuses to unpickle ({reason}); use the .pt file fair-esm publishes"
+            f"{path} holds a pickled {forbidden.group(1)}, which virnucpro refuses to "
+            f"unpickle (only tensors and argparse.Namespace); use fair-esm's published .pt"
         ) from None
     except (OSError, RuntimeError, EOFError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
