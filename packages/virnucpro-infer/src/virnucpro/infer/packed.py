@@ -107,15 +107,25 @@ class PackedESM2:
 
     `model` is a fair-esm `ESM2` already on its device and in its precision; its
     parameters are used in place. `attention` is one of `auto`, `varlen`, `sdpa`,
-    `loop`. `compile=True` compiles the per-layer computation with a dynamic token
-    count (one compilation shared by all layers). The LM and contact heads never run.
+    `loop`, or an `AttentionBackend` instance. `compile=True` compiles the per-layer
+    computation with a dynamic token count (one compilation shared by all layers).
+    The LM and contact heads never run.
     """
 
-    def __init__(self, model: torch.nn.Module, attention: str = "auto", compile: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        attention: str | AttentionBackend = "auto",
+        compile: bool = False,
+    ):
         self.model = model
         reference = model.embed_tokens.weight
         self.device, self.dtype = reference.device, reference.dtype
-        self.attention: AttentionBackend = select_attention(attention, self.device, self.dtype)
+        self.attention: AttentionBackend = (
+            select_attention(attention, self.device, self.dtype)
+            if isinstance(attention, str)
+            else attention
+        )
         first = model.layers[0]
         self.num_heads = first.self_attn.num_heads
         self.head_dim = first.self_attn.head_dim
