@@ -149,3 +149,17 @@ def test_compiled_forward_equals_fair_esm(make_esm2, packing):
     )
     assert worst <= TOLERANCE
     assert_matches_fair_esm(model, packing, ["MK", "ACDEFGHIKLMN" * 30], [1, 2], compile=True)
+
+
+def test_rotary_positions_restart_far_into_a_large_batch(make_esm2, packing):
+    """Rotary depends only on relative positions in exact arithmetic, but fp32 angles at
+    absolute offsets of ~60K tokens are off by ~1e-3 rad: positions must restart."""
+    model = make_esm2(1, 16, 2, seed=13)
+    sequences = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ" * 4] * 450
+    input_ids, cu_seqlens, max_seqlen, parts = packing.pack(sequences)
+    out = PackedESM2(model)(input_ids, cu_seqlens, max_seqlen, [1])[1]
+    assert input_ids.numel() > 60_000
+    bounds = cu_seqlens.tolist()
+    reference = packing.reference(model, parts[-1], [1])[1]
+    error = (out[bounds[-2] : bounds[-1]] - reference).abs().max().item()
+    assert error <= TOLERANCE
