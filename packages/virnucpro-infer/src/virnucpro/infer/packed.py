@@ -1,0 +1,189 @@
+"""ESM-2's forward on 1-D packed tokens, using fair-esm's own modules and weights.
+
+The arithmetic follows `esm.model.esm2.ESM2.forward` step by step (token-dropout
+rescale, q scaled by head_dim**-0.5 before rotary, fp32 softmax, erf GELU,
+`emb_layer_norm_after` on the last layer); only the layout differs: tokens of many
+sequences lie end to end, rotary positions restart at each sequence and attention
+stays inside it. Rotary is applied in fp32 whatever the model's precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from esm.modules import gelu
+
+from virnucpro.infer.attention import AttentionBackend, select_attention
+from virnucpro.infer.packed_layout import PackedLayout, build_layout
+
+_MASK_RATIO_TRAIN = 0.15 * 0.8
+
+
+def resolve_layers(layers: Iterable[int], num_layers: int) -> tuple[int, ...]:
+    """fair-esm numbering: 0 is the embedding output, `num_layers` the last block (after
+    emb_layer_norm_after); negatives count from the end (-1 is the last layer)."""
+    resolved = set()
+    for layer in layers:
+        if not -(num_layers + 1) <= layer <= num_layers:
+            raise ValueError(
+                f"layer {layer} does not exist: this model has layers 0..{num_layers} "
+                f"(or -{num_layers + 1}..-1 counted from the end)"
+            )
+        resolved.add(layer % (num_layers + 1))
+    return tuple(sorted(resolved))
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (T, 1, head_dim) in fp32, computed as fair-esm's
+    RotaryEmbedding does (its inv_freq formula evaluated on the CPU, as at its init)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = positions.to(torch.float32)[:, None] * inv_freq.to(positions.device)[None, :]
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+    return angles.cos(), angles.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x32 = x.float()
+    return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
+
+
+def _make_block_functions(num_heads: int, q_scale: float, eps: float):
+    """The two halves of a transformer block around attention, as functions of tensors
+    only, so one torch.compile serves every layer (no recompiles per layer)."""
+
+    def project(x, cos, sin, ln_w, ln_b, wq, bq, wk, bk, wv, bv):
+        tokens, dim = x.shape
+        h = F.layer_norm(x, (dim,), ln_w, ln_b, eps)
+        q = F.linear(h, wq, bq)
+        if q_scale != 1.0:
+            q = q * q_scale
+        q = _apply_rotary(q.view(tokens, num_heads, dim // num_heads), cos, sin)
+        k = _apply_rotary(F.linear(h, wk, bk).view(tokens, num_heads, dim // num_heads), cos, sin)
+        v = F.linear(h, wv, bv).view(tokens, num_heads, dim // num_heads)
+        return q, k, v
+
+    def finish(x, attended, wo, bo, ln_w, ln_b, w1, b1, w2, b2):
+        x = x + F.linear(attended.reshape(x.shape), wo, bo)
+        h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+        return x + F.linear(gelu(F.linear(h, w1, b1)), w2, b2)
+
+    return project, finish
+
+
+def _layer_weights(layer: torch.nn.Module) -> tuple[tuple, tuple]:
+    attn = layer.self_attn
+    project = (
+        layer.self_attn_layer_norm.weight,
+        layer.self_attn_layer_norm.bias,
+        attn.q_proj.weight,
+        attn.q_proj.bias,
+        attn.k_proj.weight,
+        attn.k_proj.bias,
+        attn.v_proj.weight,
+        attn.v_proj.bias,
+    )
+    finish = (
+        attn.out_proj.weight,
+        attn.out_proj.bias,
+        layer.final_layer_norm.weight,
+        layer.final_layer_norm.bias,
+        layer.fc1.weight,
+        layer.fc1.bias,
+        layer.fc2.weight,
+        layer.fc2.bias,
+    )
+    return project, finish
+
+
+class PackedESM2:
+    """Callable `(input_ids, cu_seqlens, max_seqlen, repr_layers) -> {layer: (T, D)}`.
+
+    `model` is a fair-esm `ESM2` already on its device and in its precision; its
+    parameters are used in place. `attention` is one of `auto`, `varlen`, `sdpa`,
+    `loop`, or an `AttentionBackend` instance. `compile=True` compiles the per-layer
+    computation with a dynamic token count (one compilation shared by all layers).
+    The LM and contact heads never run.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        attention: str | AttentionBackend = "auto",
+        compile: bool = False,
+    ):
+        self.model = model
+        reference = model.embed_tokens.weight
+        self.device, self.dtype = reference.device, reference.dtype
+        self.attention: AttentionBackend = (
+            select_attention(attention, self.device, self.dtype)
+            if isinstance(attention, str)
+            else attention
+        )
+        first = model.layers[0]
+        self.num_heads = first.self_attn.num_heads
+        self.head_dim = first.self_attn.head_dim
+        q_scale = 1.0 if self.attention.applies_scale else first.self_attn.scaling
+        project, finish = _make_block_functions(
+            self.num_heads, q_scale, first.self_attn_layer_norm.eps
+        )
+        if compile:
+            project = torch.compile(project, dynamic=True)
+            finish = torch.compile(finish, dynamic=True)
+        self._project: Callable = project
+        self._finish: Callable = finish
+        self._weights = [_layer_weights(layer) for layer in model.layers]
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        repr_layers: Iterable[int] = (-1,),
+    ) -> dict[int, torch.Tensor]:
+        if input_ids.ndim != 1:
+            raise ValueError("input_ids must be 1-D packed tokens (BOS + residues + EOS each)")
+        wanted = resolve_layers(repr_layers, self.num_layers)
+        layout = build_layout(cu_seqlens, max_seqlen, input_ids.shape[0])
+        x = self._embed(input_ids, layout)
+        representations = {0: x} if 0 in wanted else {}
+        deepest = max(wanted, default=0)
+        if deepest == 0:
+            return representations
+        cos, sin = rotary_tables(layout.positions, self.head_dim)
+        prepared = self.attention.prepare(layout)
+        for index in range(deepest):
+            project_weights, finish_weights = self._weights[index]
+            q, k, v = self._project(x, cos, sin, *project_weights)
+            attended = self.attention.attend(q, k, v, prepared)
+            x = self._finish(x, attended, *finish_weights)
+            if index + 1 in wanted and index + 1 != self.num_layers:
+                representations[index + 1] = x
+        if self.num_layers in wanted:
+            representations[self.num_layers] = self.model.emb_layer_norm_after(x)
+        return representations
+
+    def _embed(self, input_ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+        """embed_tokens, then fair-esm's token-dropout rescale per sequence: <mask>
+        positions zeroed, all scaled by 0.88 / (1 - that sequence's mask ratio)."""
+        model = self.model
+        x = model.embed_scale * model.embed_tokens(input_ids)
+        if not model.token_dropout:
+            return x
+        is_mask = input_ids == model.mask_idx
+        x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+        mask_counts = torch.zeros(layout.num_sequences, dtype=torch.int64, device=x.device)
+        mask_counts.index_add_(0, layout.sequence_index, is_mask.to(torch.int64))
+        mask_ratio = mask_counts.to(x.dtype) / layout.lengths
+        return x * (1 - _MASK_RATIO_TRAIN) / (1 - mask_ratio)[layout.sequence_index, None]

@@ -1,0 +1,142 @@
+"""The model registry: which backend loads a model spec and runs its packed forward.
+
+A backend is a loader plus a packed forward. The CLI's plugin hooks register more
+backends; ESM-2 through fair-esm is built in. `resolve` asks the most recently
+registered backend first, so a plugin can take over specs a built-in also matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from virnucpro.infer.esm2_loading import (
+    FAIR_ESM_MODEL_URL,
+    FAIR_ESM_REGRESSION_URL,
+    build_random_esm2,
+    load_esm2_file,
+    load_esm2_named,
+)
+from virnucpro.infer.models import ESM2_ARCHITECTURES, LoadedModel, ModelLoadError
+from virnucpro.infer.packed import PackedESM2
+
+PackedForward = Callable[[torch.Tensor, torch.Tensor, int, Iterable[int]], dict[int, torch.Tensor]]
+
+
+@runtime_checkable
+class ModelBackend(Protocol):
+    """What a model plugin provides."""
+
+    name: str
+
+    def matches(self, spec: str) -> bool:
+        """Whether this backend understands `spec` (a model name or a path)."""
+
+    def load(
+        self,
+        spec: str,
+        random_weights: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> LoadedModel:
+        """Load (or, with random_weights, build seeded random) weights on device/dtype."""
+
+    def packed_forward(self, loaded: LoadedModel, **options) -> PackedForward:
+        """A callable (input_ids, cu_seqlens, max_seqlen, repr_layers) -> {layer: (T, D)}."""
+
+
+class ESM2Backend:
+    """ESM-2 via fair-esm: published names, `.pt` paths, or seeded random weights."""
+
+    name = "esm2"
+
+    def __init__(
+        self,
+        model_url: str = FAIR_ESM_MODEL_URL,
+        regression_url: str = FAIR_ESM_REGRESSION_URL,
+    ):
+        self.model_url = model_url
+        self.regression_url = regression_url
+
+    def matches(self, spec: str) -> bool:
+        return spec in ESM2_ARCHITECTURES or spec.endswith(".pt") or Path(spec).is_file()
+
+    def load(
+        self,
+        spec: str,
+        random_weights: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> LoadedModel:
+        if random_weights:
+            if spec not in ESM2_ARCHITECTURES:
+                raise ModelLoadError(
+                    f"random weights need a model name, not {spec!r}; "
+                    f"choose one of {', '.join(ESM2_ARCHITECTURES)}"
+                )
+            loaded = build_random_esm2(spec, seed, device)
+        elif spec in ESM2_ARCHITECTURES:
+            loaded = load_esm2_named(spec, self.model_url, self.regression_url)
+        else:
+            loaded = load_esm2_file(Path(spec))
+        loaded.model.to(device=device, dtype=dtype)
+        return loaded
+
+    def packed_forward(
+        self, loaded: LoadedModel, attention: str = "auto", compile: bool = False
+    ) -> PackedESM2:
+        return PackedESM2(loaded.model, attention=attention, compile=compile)
+
+
+class ModelRegistry:
+    def __init__(self, backends: Iterable[ModelBackend] = ()):
+        self._backends: list[ModelBackend] = []
+        for backend in backends:
+            self.register(backend)
+
+    def register(self, backend: ModelBackend) -> None:
+        if not isinstance(backend, ModelBackend):
+            raise TypeError(f"{backend!r} is not a model backend (see ModelBackend)")
+        if any(existing.name == backend.name for existing in self._backends):
+            raise ValueError(f"a model backend named {backend.name!r} is already registered")
+        self._backends.append(backend)
+
+    @property
+    def backends(self) -> tuple[ModelBackend, ...]:
+        return tuple(self._backends)
+
+    def resolve(self, spec: str) -> ModelBackend:
+        for backend in reversed(self._backends):
+            if backend.matches(spec):
+                return backend
+        names = ", ".join(b.name for b in self._backends) or "none"
+        raise ModelLoadError(
+            f"no model backend understands {spec!r} (registered: {names}); "
+            f"pass an ESM-2 name such as esm2_t33_650M_UR50D or a path to a .pt file"
+        )
+
+
+def default_registry() -> ModelRegistry:
+    """A registry holding the built-in ESM-2 backend."""
+    return ModelRegistry([ESM2Backend()])
+
+
+def load_model(
+    name_or_path: str,
+    random_weights: bool = False,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    registry: ModelRegistry | None = None,
+) -> LoadedModel:
+    """Load a model through the registry (the built-in one unless given)."""
+    registry = registry or default_registry()
+    backend = registry.resolve(name_or_path)
+    return backend.load(
+        name_or_path, random_weights=random_weights, seed=seed, device=device, dtype=dtype
+    )

@@ -1,0 +1,108 @@
+"""GPU: the packed forward in bf16 against fair-esm's own fp32 forward on the same
+random weights, for the 650M and 3B architectures, with every attention backend.
+
+Run on a CUDA machine with `pytest tests/infer/test_packed_gpu.py -s` to see the worst
+cosines printed as JSON lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from virnucpro.infer import PackedESM2, load_model
+from virnucpro.infer.attention import varlen_attn
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+RESIDUES = "LAGVSERTIDPKQNFYMHWC"
+LENGTHS = [1, 2, 9, 60, 61, 75, 90, 104, 118, 131, 140, 152, 166, 166, 200, 260, 333, 512, 1022]
+
+
+def generated_sequences() -> list[str]:
+    generator = torch.Generator().manual_seed(0)
+    sequences = []
+    for copy in range(2):
+        for length in LENGTHS:
+            picks = torch.randint(0, len(RESIDUES), (length,), generator=generator).tolist()
+            residues = [RESIDUES[i] for i in picks]
+            if copy == 1 and length > 8:
+                residues[3] = "<mask>"
+                residues[length // 2] = "<unk>"
+                residues[-2] = "X"
+            sequences.append("".join(residues))
+    return sequences
+
+
+def backends_to_check() -> list[tuple[str, bool]]:
+    names = ["sdpa", "loop"] + (["varlen"] if varlen_attn is not None else [])
+    return [(name, False) for name in names] + [("auto", True)]
+
+
+def worst_cosines(out: torch.Tensor, references: list[torch.Tensor], bounds: list[int]):
+    worst_mean, worst_residue = 1.0, 1.0
+    for index, reference in enumerate(references):
+        mine = out[bounds[index] : bounds[index + 1]].float()
+        residues, expected = mine[1:-1], reference[1:-1]
+        mean_cos = F.cosine_similarity(residues.mean(0), expected.mean(0), dim=0).item()
+        residue_cos = F.cosine_similarity(residues, expected, dim=-1).min().item()
+        worst_mean, worst_residue = min(worst_mean, mean_cos), min(worst_residue, residue_cos)
+    return worst_mean, worst_residue
+
+
+@pytest.mark.parametrize("name", ["esm2_t33_650M_UR50D", "esm2_t36_3B_UR50D"])
+def test_bf16_packed_matches_fair_esm_fp32(name, packing):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    loaded = load_model(name, random_weights=True, seed=0, device="cuda")
+    model, last = loaded.model, loaded.num_layers
+    layers = [last // 2, last]
+    sequences = generated_sequences()
+    input_ids, cu_seqlens, max_seqlen, parts = packing.pack(sequences)
+    input_ids, cu_seqlens = input_ids.cuda(), cu_seqlens.cuda()
+    bounds = cu_seqlens.tolist()
+    references = {layer: [] for layer in layers}
+    with torch.no_grad():
+        for tokens in parts:
+            out = model(tokens[None].cuda(), repr_layers=layers)["representations"]
+            for layer in layers:
+                references[layer].append(out[layer][0])
+
+    fp32 = PackedESM2(model, attention="sdpa")(input_ids, cu_seqlens, max_seqlen, layers)
+    for layer in layers:
+        scale = max(reference.abs().max().item() for reference in references[layer])
+        for index, reference in enumerate(references[layer]):
+            error = (fp32[layer][bounds[index] : bounds[index + 1]] - reference).abs().max()
+            assert error.item() <= 1e-4 * scale, f"fp32 sequence {index} layer {layer}"
+
+    model.to(torch.bfloat16)
+    outputs = {}
+    for attention, compiled in backends_to_check():
+        packed = PackedESM2(model, attention=attention, compile=compiled)
+        out = packed(input_ids, cu_seqlens, max_seqlen, layers)
+        outputs[(attention, compiled)] = out
+        for layer in layers:
+            worst_mean, worst_residue = worst_cosines(out[layer], references[layer], bounds)
+            report = {
+                "model": name,
+                "attention": attention,
+                "compile": compiled,
+                "layer": layer,
+                "worst_mean_cosine": round(worst_mean, 6),
+                "worst_residue_cosine": round(worst_residue, 6),
+                "torch": torch.__version__,
+                "device": torch.cuda.get_device_name(),
+            }
+            print(json.dumps(report))
+            assert worst_mean >= 0.999, report
+            assert worst_residue >= 0.99, report
+
+    baseline = outputs[("sdpa", False)][last].float()
+    for key, out in outputs.items():
+        agreement = F.cosine_similarity(out[last].float(), baseline, dim=-1).min().item()
+        assert agreement >= 0.99, f"{key} disagrees with sdpa: min cosine {agreement}"
