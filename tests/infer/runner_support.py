@@ -8,6 +8,7 @@ by name; the tests put its folder on sys.path, which spawned children inherit.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -41,9 +42,9 @@ class ReferencePackedForward:
         repr_layers: Sequence[int],
     ) -> dict[int, torch.Tensor]:
         bounds = cu_seqlens.tolist()
-        assert max(b - a for a, b in zip(bounds[:-1], bounds[1:])) == max_seqlen
+        assert max(b - a for a, b in itertools.pairwise(bounds)) == max_seqlen
         pieces: dict[int, list[torch.Tensor]] = {layer: [] for layer in repr_layers}
-        for start, end in zip(bounds[:-1], bounds[1:]):
+        for start, end in itertools.pairwise(bounds):
             out = self.model(input_ids[start:end].unsqueeze(0), repr_layers=list(repr_layers))
             for layer in repr_layers:
                 pieces[layer].append(out["representations"][layer][0])
@@ -94,7 +95,9 @@ def packed_batch(
         "num_sequences": len(records),
         "indices": torch.tensor(list(indices), dtype=torch.int64),
         "lengths": torch.tensor([len(s) for s in kept], dtype=torch.int64),
-        "truncated": torch.tensor([len(s) < len(o) for s, (_, o) in zip(kept, records)]),
+        "truncated": torch.tensor(
+            [len(s) < len(o) for s, (_, o) in zip(kept, records, strict=True)]
+        ),
     }
 
 
@@ -135,7 +138,9 @@ def esm_worker(device: torch.device, num_layers: int, seed: int, pid_dir: str | 
         embedded = {}
         batches = [packed_batch(records, indices) for records, indices in unit]
         for result in runner.run(batches):
-            for index, row in zip(result.indices, result.outputs[f"layer_{num_layers}/mean"]):
+            for index, row in zip(
+                result.indices, result.outputs[f"layer_{num_layers}/mean"], strict=True
+            ):
                 embedded[int(index)] = row
             report(result.num_sequences)
         return embedded

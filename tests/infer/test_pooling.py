@@ -26,7 +26,7 @@ def _cu_seqlens(token_counts):
 @pytest.mark.parametrize("layers", [(0, 2), (1,)])
 def test_pooling_equals_fair_esm_per_sequence(layers):
     model = support.tiny_esm2(num_layers=2, embed_dim=32, seed=3)
-    records = support.make_records(9, seed=1, max_len=60) + [("long", "M" * 300), ("one", "W")]
+    records = [*support.make_records(9, seed=1, max_len=60), ("long", "M" * 300), ("one", "W")]
     batch = support.packed_batch(records, range(len(records)))
     with torch.inference_mode():
         hidden = support.ReferencePackedForward(model)(
@@ -93,7 +93,7 @@ def test_pooling_returns_float32_from_half_precision_states():
 
 
 def test_unknown_pooling_is_refused_with_the_valid_names():
-    with pytest.raises(ValueError, match="unknown pooling.*cls.*mean, bos, per_token"):
+    with pytest.raises(ValueError, match=r"unknown pooling.*cls.*mean, bos, per_token"):
         check_poolings(["mean", "cls"])
     with pytest.raises(ValueError, match="none given"):
         check_poolings([])

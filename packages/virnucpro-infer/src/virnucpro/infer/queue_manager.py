@@ -11,6 +11,7 @@ the run with a `QueueRunError` naming the units involved.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -310,10 +311,8 @@ class BatchQueueManager:
             if worker.retired or worker.process is None:
                 continue
             if graceful:
-                try:
+                with contextlib.suppress(OSError):
                     worker.conn.send(None)
-                except OSError:
-                    pass
                 worker.process.join(timeout=30)
             if worker.process.is_alive():
                 worker.process.kill()
