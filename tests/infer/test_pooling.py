@@ -41,11 +41,19 @@ def test_pooling_equals_fair_esm_per_sequence(layers):
                 tokens = support.tokens_of(sequence).unsqueeze(0)
                 alone = model(tokens, repr_layers=[layer])["representations"][layer][0]
                 residues = alone[1 : len(sequence) + 1]
+                # Against the exact mean of fair-esm's rows: fair-esm's own float32
+                # mean drifts by a few ulps on long sequences (4e-6 there).
+                np.testing.assert_allclose(
+                    pooled[f"layer_{layer}/mean"][i].numpy(),
+                    residues.double().mean(0).numpy(),
+                    rtol=0,
+                    atol=1e-6,
+                )
                 np.testing.assert_allclose(
                     pooled[f"layer_{layer}/mean"][i].numpy(),
                     residues.mean(0).numpy(),
                     rtol=0,
-                    atol=1e-6,
+                    atol=4e-6,
                 )
                 assert torch.equal(pooled[f"layer_{layer}/bos"][i], alone[0])
                 assert np.array_equal(per_token[offsets[i] : offsets[i + 1]], residues.numpy())
