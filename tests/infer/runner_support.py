@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 
 import esm
@@ -122,7 +123,7 @@ def batches_of(records: list, sizes: Sequence[int]) -> list[dict]:
 # ---- queue-manager workers (run in spawned processes) ----
 
 
-def esm_worker(device: torch.device, num_layers: int, seed: int, pid_dir: str | None = None):
+def esm_worker(device: torch.device, num_layers: int, seed: int):
     """Loads a tiny ESM-2 once per process; each unit (a list of (id, seq) batches with
     their input indices) is embedded with the reference forward and the stream runner."""
     from virnucpro.infer.runner import AsyncInferenceRunner
@@ -133,8 +134,6 @@ def esm_worker(device: torch.device, num_layers: int, seed: int, pid_dir: str | 
     )
 
     def handle(unit: list, report: Callable[[int], None]) -> dict[int, np.ndarray]:
-        if pid_dir is not None:
-            open(os.path.join(pid_dir, str(os.getpid())), "w").close()
         embedded = {}
         batches = [packed_batch(records, indices) for records, indices in unit]
         for result in runner.run(batches):
@@ -148,11 +147,19 @@ def esm_worker(device: torch.device, num_layers: int, seed: int, pid_dir: str | 
     return handle
 
 
-def square_worker(device: torch.device, crash_on: int | None = None, raise_on: int | None = None):
+def square_worker(
+    device: torch.device,
+    crash_on: int | None = None,
+    raise_on: int | None = None,
+    slow_on: int | None = None,
+):
     """A deterministic computation; a unit holding `crash_on` kills its own process with
-    SIGKILL (a real crash), one holding `raise_on` raises."""
+    SIGKILL (a real crash), one holding `raise_on` raises, one holding `slow_on` takes
+    two seconds (a slow device)."""
 
     def handle(unit: list[int], report: Callable[[int], None]) -> dict:
+        if slow_on in unit:
+            time.sleep(2.0)
         if crash_on in unit:
             os.kill(os.getpid(), signal.SIGKILL)
         if raise_on in unit:

@@ -135,6 +135,9 @@ class BatchQueueManager:
         self.worker_kwargs = dict(worker_kwargs or {})
         self.max_failures = max_failures
         self._ctx = multiprocessing.get_context("spawn")
+        # CPU workers share the cores instead of each taking all of them.
+        cpu_workers = sum(1 for d in self.devices if d == "cpu")
+        self._cpu_threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
         self._workers: dict[int, _Worker] = {}
         self._units: list[WorkUnit] = []
         self._pending: deque[WorkUnit] = deque()
@@ -190,6 +193,7 @@ class BatchQueueManager:
             target=_worker_main,
             args=(
                 worker.state.requested_device,
+                self._cpu_threads,
                 self.worker_function,
                 self.worker_kwargs,
                 child_end,
@@ -332,10 +336,11 @@ def _exit_cause(exitcode: int | None) -> str:
     return f"worker process exited with code {exitcode}"
 
 
-def _bind_device(spec: str) -> tuple[torch.device, str]:
+def _bind_device(spec: str, cpu_threads: int) -> tuple[torch.device, str]:
     """Make `spec` this process's device and say which device is actually in use."""
     device = torch.device(spec)
     if device.type != "cuda":
+        torch.set_num_threads(cpu_threads)
         return device, str(device)
     torch.cuda.set_device(device)
     current = torch.cuda.current_device()
@@ -345,11 +350,15 @@ def _bind_device(spec: str) -> tuple[torch.device, str]:
 
 
 def _worker_main(
-    spec: str, worker_function: WorkerFunction, worker_kwargs: dict, conn: Connection
+    spec: str,
+    cpu_threads: int,
+    worker_function: WorkerFunction,
+    worker_kwargs: dict,
+    conn: Connection,
 ) -> None:
     """A worker process: bind the device, set up once, then handle units until told to stop."""
     try:
-        device, in_use = _bind_device(spec)
+        device, in_use = _bind_device(spec, cpu_threads)
         handler = worker_function(device, **worker_kwargs)
     except Exception as error:
         conn.send(("error", f"start-up on {spec} failed: {_one_line(error)}"))
