@@ -263,7 +263,9 @@ class BatchQueueManager:
         unit = self._pending.popleft()
         worker.unit, worker.unit_progress = unit, 0
         worker.state.current_unit, worker.state.status = unit.unit_id, WorkerStatus.PROCESSING
-        worker.conn.send(unit)
+        # A worker that died meanwhile is noticed by its sentinel; its unit is re-queued then.
+        with contextlib.suppress(OSError):
+            worker.conn.send(unit)
 
     def _on_death(self, worker: _Worker) -> None:
         worker.process.join()
