@@ -8,6 +8,7 @@ from virnucpro.infer.attention import (
     select_attention,
 )
 from virnucpro.infer.esm2_loading import fair_esm_cache_dir
+from virnucpro.infer.file_assignment import assign_files_by_size
 from virnucpro.infer.models import (
     ESM2_ARCHITECTURES,
     ESM2Architecture,
@@ -15,6 +16,14 @@ from virnucpro.infer.models import (
     ModelLoadError,
 )
 from virnucpro.infer.packed import PackedESM2, resolve_layers
+from virnucpro.infer.pooling import POOLINGS, pool_hidden_states
+from virnucpro.infer.queue_manager import (
+    BatchQueueManager,
+    QueueEvent,
+    QueueRunError,
+    WorkerStatus,
+    WorkUnit,
+)
 from virnucpro.infer.registry import (
     ESM2Backend,
     ModelBackend,
@@ -23,12 +32,21 @@ from virnucpro.infer.registry import (
     default_registry,
     load_model,
 )
+from virnucpro.infer.runner import (
+    AsyncInferenceRunner,
+    InferenceResult,
+    SequenceOutOfMemoryError,
+)
 
 __all__ = [
     "ATTENTION_BACKENDS",
     "ESM2_ARCHITECTURES",
+    "POOLINGS",
+    "AsyncInferenceRunner",
+    "BatchQueueManager",
     "ESM2Architecture",
     "ESM2Backend",
+    "InferenceResult",
     "LoadedModel",
     "ModelBackend",
     "ModelLoadError",
@@ -36,11 +54,18 @@ __all__ = [
     "PackedESM2",
     "PackedForward",
     "PaddedSDPAAttention",
+    "QueueEvent",
+    "QueueRunError",
     "SequenceLoopAttention",
+    "SequenceOutOfMemoryError",
     "VarlenFlashAttention",
+    "WorkUnit",
+    "WorkerStatus",
+    "assign_files_by_size",
     "default_registry",
     "fair_esm_cache_dir",
     "load_model",
+    "pool_hidden_states",
     "resolve_layers",
     "select_attention",
 ]
