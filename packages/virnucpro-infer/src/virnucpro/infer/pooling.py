@@ -1,0 +1,82 @@
+"""Pooling of packed hidden states on the device, vectorized over sequences.
+
+A packed batch holds, per sequence, BOS + residues + EOS; `cu_seqlens` marks where
+each sequence starts. Pooling never loops over sequences in Python and never reads
+a value back to the host, so it adds no synchronisation to the compute stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+POOLINGS = ("mean", "bos", "per_token")
+
+
+def check_poolings(poolings: Sequence[str]) -> tuple[str, ...]:
+    """Refuse unknown pooling names with a one-line message naming the valid ones."""
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if unknown or not poolings:
+        raise ValueError(
+            f"unknown pooling {unknown or '(none given)'}: choose from {', '.join(POOLINGS)}"
+        )
+    return tuple(dict.fromkeys(poolings))
+
+
+def mean_over_residues(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Mean of each sequence's residue rows, BOS and EOS excluded (fair-esm's mean).
+
+    Segment sums come from one float64 prefix sum: a scan is deterministic on the GPU
+    (unlike atomic index_add) and float64 keeps the difference of two prefix sums
+    exact to far below float32 resolution.
+    """
+    starts = cu_seqlens[:-1].long()
+    ends = cu_seqlens[1:].long()
+    prefix = torch.cumsum(hidden.to(torch.float64), dim=0)
+    # Residues of sequence i are rows starts+1 .. ends-2; their sum is
+    # prefix[ends-2] - prefix[starts] (an empty residue range gives zero).
+    sums = prefix.index_select(0, ends - 2) - prefix.index_select(0, starts)
+    counts = (ends - starts - 2).clamp(min=1).to(torch.float64)
+    return (sums / counts.unsqueeze(1)).to(torch.float32)
+
+
+def bos_rows(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """The BOS (`<cls>`) row of every sequence."""
+    return hidden.index_select(0, cu_seqlens[:-1].long()).to(torch.float32)
+
+
+def residue_rows(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every residue row (BOS/EOS dropped), concatenated, and the (N+1) offsets.
+
+    The number of residues is known from shapes alone (T - 2N), so the gather index
+    is built without a data-dependent size and without a host sync.
+    """
+    num_sequences = cu_seqlens.numel() - 1
+    num_residues = hidden.shape[0] - 2 * num_sequences
+    seq_numbers = torch.arange(num_sequences + 1, device=cu_seqlens.device)
+    offsets = cu_seqlens.long() - 2 * seq_numbers
+    lengths = offsets[1:] - offsets[:-1]
+    owner = torch.repeat_interleave(seq_numbers[:-1], lengths, output_size=num_residues)
+    # Residue r of sequence s sits after s BOS/EOS pairs and its own BOS.
+    rows = torch.arange(num_residues, device=hidden.device) + 2 * owner + 1
+    return hidden.index_select(0, rows).to(torch.float32), offsets
+
+
+def pool_hidden_states(
+    hidden: Mapping[int, torch.Tensor], cu_seqlens: torch.Tensor, poolings: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """All requested poolings of all layers, float32, named as in docs/design.md."""
+    outputs: dict[str, torch.Tensor] = {}
+    for layer, states in hidden.items():
+        for pooling in poolings:
+            name = f"layer_{layer}/{pooling}"
+            if pooling == "mean":
+                outputs[name] = mean_over_residues(states, cu_seqlens)
+            elif pooling == "bos":
+                outputs[name] = bos_rows(states, cu_seqlens)
+            else:
+                outputs[name], outputs[f"{name}_offsets"] = residue_rows(states, cu_seqlens)
+    return outputs

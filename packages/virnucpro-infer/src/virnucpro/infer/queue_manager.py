@@ -1,0 +1,384 @@
+"""One spawned worker process per device, work handed out in units on demand.
+
+Each worker is bound to the physical device it was given (`devices=[2, 3]` runs on
+cuda:2 and cuda:3, set explicitly and reported back by the worker: lesson 7). A
+worker asks for a unit when it is free, so a fast device takes more units. A worker
+that dies (crash, SIGKILL, an exception in its unit) is respawned at once and its
+unit re-queued: retry means respawn, never waiting (lesson 11). A unit that fails
+`max_failures` times, or every worker failing `max_failures` times in a row, stops
+the run with a `QueueRunError` naming the units involved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import torch
+
+Progress = Callable[[int], None]
+UnitHandler = Callable[[Any, Progress], Any]
+WorkerFunction = Callable[..., UnitHandler]
+
+
+class WorkerStatus(str, Enum):
+    IDLE = "idle"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """What one worker does in one go; `payload` goes to the worker's unit handler.
+
+    `description` names what the unit holds (e.g. its first and last ids) so that a
+    failure report says which sequences are involved.
+    """
+
+    unit_id: int
+    payload: Any
+    num_sequences: int
+    description: str = ""
+
+
+@dataclass
+class WorkerState:
+    """What the parent knows of one worker; events carry a copy."""
+
+    worker_id: int
+    requested_device: str
+    device: str | None = None
+    pid: int | None = None
+    status: WorkerStatus = WorkerStatus.IDLE
+    current_unit: int | None = None
+    units_done: int = 0
+    sequences_done: int = 0
+    consecutive_failures: int = 0
+    respawns: int = 0
+
+
+@dataclass(frozen=True)
+class QueueEvent:
+    """kind: ready, progress, unit_done, unit_failed or retired.
+
+    `worker.sequences_done` counts sequences of finished units plus those reported
+    for the unit in hand; a failed unit's partial progress is taken back.
+    """
+
+    kind: str
+    worker: WorkerState
+    unit_id: int | None = None
+    detail: str = ""
+
+
+class QueueRunError(RuntimeError):
+    """The run stopped: a unit or every worker failed too often in a row."""
+
+    def __init__(self, message: str, units: Sequence[WorkUnit]) -> None:
+        super().__init__(message)
+        self.units = list(units)
+
+
+def device_spec(device: int | str | torch.device) -> str:
+    """Normalise a device: 2 -> "cuda:2", "cpu" -> "cpu"; a bare "cuda" is refused
+    because it would not say which physical device to use."""
+    if isinstance(device, int):
+        return f"cuda:{device}"
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and parsed.index is None:
+        raise ValueError("device 'cuda' names no GPU: give its index, e.g. cuda:2 or 2")
+    return str(parsed)
+
+
+class _Worker:
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.unit: WorkUnit | None = None
+        self.unit_progress = 0
+        self.last_error = ""
+        self.retired = False
+
+
+class BatchQueueManager:
+    """Runs work units over one spawned process per device and collects their results.
+
+    `worker_function(device, **worker_kwargs)` runs once in each worker process (load
+    the model there) and returns the unit handler `handler(payload, progress)`, which
+    calls `progress(n)` as sequences finish and returns the unit's (picklable) result.
+    Both must be importable by name, as spawned processes import them.
+    """
+
+    def __init__(
+        self,
+        worker_function: WorkerFunction,
+        devices: Sequence[int | str | torch.device],
+        worker_kwargs: Mapping[str, Any] | None = None,
+        max_failures: int = 3,
+    ) -> None:
+        if not devices:
+            raise ValueError("no devices given: name at least one GPU (or cpu)")
+        self.worker_function = worker_function
+        self.devices = [device_spec(d) for d in devices]
+        self.worker_kwargs = dict(worker_kwargs or {})
+        self.max_failures = max_failures
+        self._ctx = multiprocessing.get_context("spawn")
+        # CPU workers share the cores instead of each taking all of them.
+        cpu_workers = sum(1 for d in self.devices if d == "cpu")
+        self._cpu_threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        self._workers: dict[int, _Worker] = {}
+        self._units: list[WorkUnit] = []
+        self._pending: deque[WorkUnit] = deque()
+        self._results: dict[int, Any] = {}
+        self._unit_failures: dict[int, int] = {}
+        self._on_event: Callable[[QueueEvent], None] | None = None
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.devices)
+
+    def run(
+        self,
+        units: Iterable[WorkUnit],
+        on_event: Callable[[QueueEvent], None] | None = None,
+    ) -> dict[int, Any]:
+        """Process every unit; return results by unit id, in the order units were given."""
+        self._units = list(units)
+        ids = [u.unit_id for u in self._units]
+        if len(set(ids)) != len(ids):
+            raise ValueError("work unit ids are not unique: give each unit its own id")
+        self._pending = deque(self._units)
+        self._results = {}
+        self._unit_failures = dict.fromkeys(ids, 0)
+        self._on_event = on_event
+        self._workers = {
+            wid: _Worker(WorkerState(wid, device)) for wid, device in enumerate(self.devices)
+        }
+        finished = False
+        try:
+            if self._units:
+                for worker in self._workers.values():
+                    self._spawn(worker)
+            while len(self._results) < len(self._units):
+                self._serve(self._wait_for_workers())
+            finished = True
+        finally:
+            self._shutdown(graceful=finished)
+        return {unit_id: self._results[unit_id] for unit_id in ids}
+
+    def get_worker_status(self) -> dict[int, WorkerStatus]:
+        return {wid: w.state.status for wid, w in self._workers.items()}
+
+    def worker_states(self) -> dict[int, WorkerState]:
+        return {wid: dataclasses.replace(w.state) for wid, w in self._workers.items()}
+
+    def is_complete(self) -> bool:
+        return bool(self._workers) and len(self._results) == len(self._units)
+
+    def _spawn(self, worker: _Worker) -> None:
+        parent_end, child_end = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(
+                worker.state.requested_device,
+                self._cpu_threads,
+                self.worker_function,
+                self.worker_kwargs,
+                child_end,
+            ),
+            name=f"virnucpro-worker-{worker.state.worker_id}",
+        )
+        process.start()
+        child_end.close()
+        worker.process, worker.conn = process, parent_end
+        worker.state.pid = process.pid
+        worker.state.status = WorkerStatus.IDLE
+
+    def _wait_for_workers(self) -> list[_Worker]:
+        live = [w for w in self._workers.values() if not w.retired]
+        handles = {}
+        for w in live:
+            handles[w.conn] = w
+            handles[w.process.sentinel] = w
+        ready = wait(list(handles))
+        return list({id(handles[h]): handles[h] for h in ready}.values())
+
+    def _serve(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            alive = self._drain(worker)
+            if not alive or not worker.process.is_alive():
+                self._on_death(worker)
+        for worker in self._workers.values():
+            self._assign(worker)
+
+    def _drain(self, worker: _Worker) -> bool:
+        """Handle every message waiting from a worker; False once its pipe has closed."""
+        try:
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _handle(self, worker: _Worker, message: tuple) -> None:
+        kind, *body = message
+        state = worker.state
+        if kind == "ready":
+            state.device, state.pid = body
+            self._emit("ready", worker, detail=state.device)
+            self._assign(worker)
+        elif kind == "progress":
+            worker.unit_progress += body[0]
+            state.sequences_done += body[0]
+            self._emit("progress", worker, state.current_unit)
+        elif kind == "done":
+            unit_id, result = body
+            self._results[unit_id] = result
+            state.units_done += 1
+            state.consecutive_failures = 0
+            worker.unit, worker.unit_progress = None, 0
+            state.current_unit, state.status = None, WorkerStatus.IDLE
+            self._emit("unit_done", worker, unit_id)
+            self._assign(worker)
+        elif kind == "error":
+            worker.last_error = body[0]
+
+    def _assign(self, worker: _Worker) -> None:
+        if not self._pending or worker.retired or worker.state.status is not WorkerStatus.IDLE:
+            return
+        if worker.state.device is None:
+            return
+        unit = self._pending.popleft()
+        worker.unit, worker.unit_progress = unit, 0
+        worker.state.current_unit, worker.state.status = unit.unit_id, WorkerStatus.PROCESSING
+        worker.conn.send(unit)
+
+    def _on_death(self, worker: _Worker) -> None:
+        worker.process.join()
+        state = worker.state
+        cause = worker.last_error or _exit_cause(worker.process.exitcode)
+        worker.conn.close()
+        worker.last_error = ""
+        state.consecutive_failures += 1
+        state.sequences_done -= worker.unit_progress
+        state.status, state.device = WorkerStatus.FAILED, None
+        unit, worker.unit, worker.unit_progress = worker.unit, None, 0
+        state.current_unit = None
+        if unit is not None:
+            self._unit_failures[unit.unit_id] += 1
+            self._pending.appendleft(unit)
+            self._emit("unit_failed", worker, unit.unit_id, cause)
+            if self._unit_failures[unit.unit_id] >= self.max_failures:
+                raise QueueRunError(
+                    f"unit {unit.unit_id} ({unit.description or 'no description'}) failed "
+                    f"{self._unit_failures[unit.unit_id]} times in a row, last on "
+                    f"{state.requested_device}: {cause}",
+                    [unit],
+                )
+        if state.consecutive_failures >= self.max_failures:
+            worker.retired = True
+            self._emit("retired", worker, detail=cause)
+            if all(w.retired for w in self._workers.values()):
+                held = [self._unit_by_id(i) for i, n in self._unit_failures.items() if n]
+                raise QueueRunError(
+                    f"every worker failed {self.max_failures} times in a row (last: {cause}); "
+                    f"units involved: {_describe(held) or 'none (workers failed at start-up)'}",
+                    held,
+                )
+            return
+        state.respawns += 1
+        self._spawn(worker)
+
+    def _unit_by_id(self, unit_id: int) -> WorkUnit:
+        return next(u for u in self._units if u.unit_id == unit_id)
+
+    def _emit(
+        self, kind: str, worker: _Worker, unit_id: int | None = None, detail: str = ""
+    ) -> None:
+        if self._on_event is not None:
+            self._on_event(QueueEvent(kind, dataclasses.replace(worker.state), unit_id, detail))
+
+    def _shutdown(self, graceful: bool) -> None:
+        for worker in self._workers.values():
+            if worker.retired or worker.process is None:
+                continue
+            if graceful:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(None)
+                worker.process.join(timeout=30)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+            if graceful and worker.state.status is not WorkerStatus.FAILED:
+                worker.state.status = WorkerStatus.COMPLETED
+
+
+def _describe(units: Sequence[WorkUnit]) -> str:
+    return "; ".join(f"unit {u.unit_id} ({u.description or 'no description'})" for u in units)
+
+
+def _exit_cause(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"worker process killed by {signal.Signals(-exitcode).name}"
+    return f"worker process exited with code {exitcode}"
+
+
+def _bind_device(spec: str, cpu_threads: int) -> tuple[torch.device, str]:
+    """Make `spec` this process's device and say which device is actually in use."""
+    device = torch.device(spec)
+    if device.type != "cuda":
+        torch.set_num_threads(cpu_threads)
+        return device, str(device)
+    torch.cuda.set_device(device)
+    current = torch.cuda.current_device()
+    if current != device.index:
+        raise RuntimeError(f"asked for {spec} but CUDA reports cuda:{current} as current")
+    return device, f"cuda:{current}"
+
+
+def _worker_main(
+    spec: str,
+    cpu_threads: int,
+    worker_function: WorkerFunction,
+    worker_kwargs: dict,
+    conn: Connection,
+) -> None:
+    """A worker process: bind the device, set up once, then handle units until told to stop."""
+    try:
+        device, in_use = _bind_device(spec, cpu_threads)
+        handler = worker_function(device, **worker_kwargs)
+    except Exception as error:
+        conn.send(("error", f"start-up on {spec} failed: {_one_line(error)}"))
+        sys.exit(1)
+    conn.send(("ready", in_use, os.getpid()))
+    while True:
+        try:
+            unit = conn.recv()
+        except EOFError:
+            return
+        if unit is None:
+            return
+        try:
+            result = handler(unit.payload, lambda n: conn.send(("progress", n)))
+        except Exception as error:
+            conn.send(("error", _one_line(error)))
+            sys.exit(1)
+        conn.send(("done", unit.unit_id, result))
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
