@@ -41,7 +41,7 @@ import torch
 from esm.data import FastaBatchedDataset
 
 from virnucpro.data import pack_residues, packing_efficiency, plan_batches, sequence_costs
-from virnucpro.infer import ESM2_ARCHITECTURES, PackedESM2, load_model
+from virnucpro.infer import ATTENTION_BACKENDS, ESM2_ARCHITECTURES, PackedESM2, load_model
 from virnucpro.infer.runner import AsyncInferenceRunner
 
 AMINO_ACIDS = np.frombuffer(b"LAGVSERTIDPKQNFYMHWC", dtype=np.uint8)
@@ -58,7 +58,7 @@ QUICK = {
     "tokens": 3000,
     "token_budget": 1024,
     "warmup_batches": 1,
-    "matmul_size": 256,
+    "matmul_size": 512,
 }
 
 
@@ -363,7 +363,14 @@ def add_ratios(set_entry: dict) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=None, choices=list(ESM2_ARCHITECTURES))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=list(ESM2_ARCHITECTURES),
+        metavar="MODEL",
+        help="ESM-2 names (default: esm2_t33_650M_UR50D esm2_t36_3B_UR50D)",
+    )
     parser.add_argument("--sets", nargs="+", default=list(SET_SEEDS), choices=list(SET_SEEDS))
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     parser.add_argument(
@@ -386,7 +393,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="packed batch budget for every model (default: 32768 for 650M, 16384 otherwise)",
     )
     parser.add_argument("--warmup-batches", type=int, default=None, help="default 3")
-    parser.add_argument("--attention", default="auto", help="PackedESM2 attention backend")
+    parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto")
     parser.add_argument(
         "--runner-precision",
         choices=["bf16", "fp32"],
