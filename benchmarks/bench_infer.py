@@ -315,9 +315,7 @@ class ModelBench:
         forward = PackedESM2(
             self.model, attention=self.args.attention, compile=way == "packed_compiled"
         )
-        runner = AsyncInferenceRunner(
-            forward, self.device, [self.num_layers], ("mean",), precision=self.args.runner_precision
-        )
+        runner = AsyncInferenceRunner(forward, self.device, [self.num_layers], ("mean",))
         self.entry["attention"] = forward.attention.name
         for kind in self.args.sets:
             chosen = prefix_with_tokens(self.sets[kind], self.targets["packed"])
@@ -394,13 +392,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup-batches", type=int, default=None, help="default 3")
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto")
-    parser.add_argument(
-        "--runner-precision",
-        choices=["bf16", "fp32"],
-        default="bf16",
-        help="the runner's precision on the bf16 model: bf16 runs under autocast, "
-        "fp32 runs the bf16 weights as they are, without autocast",
-    )
     parser.add_argument("--matmul-size", type=int, default=None, help="peak matmul (8192)")
     parser.add_argument("--datasheet-tflops", type=float, default=989.0)
     parser.add_argument("--device", default="cuda")
@@ -446,7 +437,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "fp32_matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
         "random_weights": True,
         "seed": args.seed,
-        "runner_precision": args.runner_precision,
         "fair_esm_tokens_per_batch": FAIR_ESM_TOKENS_PER_BATCH,
         "datasheet_bf16_tflops": args.datasheet_tflops,
         "peak_bf16_matmul": measure_peak_flops(device, args.matmul_size),
