@@ -394,7 +394,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attention", choices=ATTENTION_BACKENDS, default="auto")
     parser.add_argument("--matmul-size", type=int, default=None, help="peak matmul (8192)")
     parser.add_argument("--datasheet-tflops", type=float, default=989.0)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
