@@ -108,7 +108,8 @@ class PackedESM2:
     `model` is a fair-esm `ESM2` already on its device and in its precision; its
     parameters are used in place. `attention` is one of `auto`, `varlen`, `sdpa`,
     `loop`, or an `AttentionBackend` instance. `compile=True` compiles the per-layer
-    computation with a dynamic token count (one compilation shared by all layers).
+    computation (one compilation shared by all layers; the token count becomes dynamic
+    after the first batch of a new size).
     The LM and contact heads never run.
     """
 
@@ -134,8 +135,11 @@ class PackedESM2:
             self.num_heads, q_scale, first.self_attn_layer_norm.eps
         )
         if compile:
-            project = torch.compile(project, dynamic=True)
-            finish = torch.compile(finish, dynamic=True)
+            # Automatic dynamic shapes: after the first recompile only the token count
+            # is symbolic; weight dims stay static (dynamic=True made every dim symbolic
+            # and measured 278K vs 325K tokens/s on 650M, H100).
+            project = torch.compile(project)
+            finish = torch.compile(finish)
         self._project: Callable = project
         self._finish: Callable = finish
         self._weights = [_layer_weights(layer) for layer in model.layers]
