@@ -38,11 +38,14 @@ class Target:
 
 
 def resolve_target(device: Device, gpus: GpuSpec) -> Target:
-    """``auto``: the first GPU if there is one, else the CPU; ``cuda`` without one fails."""
-    if device is Device.cpu or (device is Device.auto and not torch.cuda.is_available()):
+    """``auto``: the first GPU if there is one, else the CPU; ``cuda`` (or GPU ids) without
+    a GPU fails."""
+    wants_gpu = device is Device.cuda or not gpus.all
+    if device is Device.cpu or (not wants_gpu and not torch.cuda.is_available()):
         return Target(torch.device("cpu"), "cpu")
     if not torch.cuda.is_available():
-        raise NoGpuError("--device cuda but no usable GPU is visible; use --device cpu")
+        asked = "--device cuda" if device is Device.cuda else "--gpus"
+        raise NoGpuError(f"{asked} but no usable GPU is visible; use --device cpu")
     try:
         chosen = resolve_gpus(
             gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count()
