@@ -128,7 +128,9 @@ class Running:
             return bool(found) and any(line.startswith(prefix) for line in self.lines)
 
     def finish(self, timeout: float = 180) -> tuple[int, str, str]:
-        stdout, _ = self.process.communicate(timeout=timeout)
+        assert self.process.stdout is not None
+        stdout = self.process.stdout.read()
+        self.process.wait(timeout)
         self._reader.join(timeout)
         return self.process.returncode, stdout, "\n".join(self.lines)
 
