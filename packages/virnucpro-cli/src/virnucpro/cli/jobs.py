@@ -181,7 +181,7 @@ class Jobs:
                     sequences=entry["sequences"],
                     valid=entry["valid"],
                     trigger=entry["trigger_reason"],
-                    gpu_memory_bytes=entry["gpu_memory_peak_bytes"],
+                    gpu_memory_bytes=entry["gpu_memory_peak_bytes"] or None,
                     problem=entry["problem"],
                 )
                 for entry in found["checkpoints"]
