@@ -40,6 +40,13 @@ class CliError(Exception):
         self.message = " ".join(message.split())
 
 
+class UsageError(CliError):
+    """A value the command line accepted but the run cannot use (e.g. a layer the model
+    lacks), or a combination not supported yet."""
+
+    exit_code = ExitCode.USAGE
+
+
 class MissingInputError(CliError):
     exit_code = ExitCode.MISSING_INPUT
 

@@ -3,21 +3,67 @@
 Commands validate what the person typed and call these functions; nothing else in the
 cli knows the pipeline. Each function raises :mod:`virnucpro.cli.errors` types for
 failures a person can act on.
+
+``run`` and ``resume`` share one path once the configuration is known: under the run
+lock, resume what valid checkpoints hold (damaged files quarantined), plan only the rest,
+embed it with :func:`virnucpro.infer.embed_rank` while the bars count from what was
+already done, then merge through the output writer.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from rich.console import Console
 
-from virnucpro.cli.options import ResumeOptions, RunOptions
+from virnucpro.ckpt import (
+    CheckpointError,
+    ResumeResult,
+    RunLock,
+    inspect_run,
+    read_manifest,
+    resume_from_checkpoints,
+    write_manifest,
+)
+from virnucpro.ckpt import merge_checkpoints as merge_run
+from virnucpro.cli.errors import (
+    InputsChangedError,
+    MissingInputError,
+    RunDirMismatchError,
+    UsageError,
+)
+from virnucpro.cli.failures import pipeline_errors
+from virnucpro.cli.options import Placement, ResumeOptions, RunOptions, resolve_layers
 from virnucpro.cli.plugins import PluginHost
 from virnucpro.cli.progress import ProgressDisplay, create_progress
-from virnucpro.cli.report import RunReport
+from virnucpro.cli.report import CheckpointInfo, RunReport, RunState
+from virnucpro.cli.run_manifest import build_manifest, describe_input_change, model_spec
+from virnucpro.cli.rundir import move_old_run_aside, used_entries
+from virnucpro.cli.settings import (
+    DTYPES,
+    Target,
+    resolve_precision,
+    resolve_target,
+    resolve_token_budget,
+)
 from virnucpro.cli.signals import GracefulStop
 from virnucpro.cli.summary import RunSummary
+from virnucpro.data import SequenceIndex, build_index, plan_batches
+from virnucpro.infer import (
+    STOPPED,
+    CheckpointPolicy,
+    ESM2Backend,
+    LoadedModel,
+    ModelRegistry,
+    embed_rank,
+)
+
+SPOOL_DIR = "spool"
+OUTPUT_WRITER = "hdf5"
 
 
 class ProgressFactory:
@@ -44,28 +90,285 @@ class JobContext:
     console: Console
 
 
+@dataclass
+class _Prepared:
+    """A run ready to embed: its manifest written, its model loaded."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    index: SequenceIndex
+    loaded: LoadedModel
+    backend: Any
+    target: Target
+    workers: int
+
+
 class Jobs:
     """The pipeline behind ``run``, ``resume`` and ``inspect-checkpoint``."""
 
     def run(self, options: RunOptions, context: JobContext) -> RunSummary:
         """Embed ``options.inputs`` into ``options.run_dir``; write the outputs."""
-        raise NotImplementedError("virnucpro run is not wired to the pipeline yet")
+        started = time.perf_counter()
+        run_dir = options.run_dir.resolve()
+        with pipeline_errors(), RunLock(run_dir):
+            _claim_run_dir(run_dir, options.force, context.console)
+            index = build_index(
+                options.inputs, options.input_type.value, options.chunk_size, run_dir / SPOOL_DIR
+            )
+            _check_stop(context, run_dir)
+            target = resolve_target(options.placement.device, options.placement.gpus)
+            precision = resolve_precision(options.precision, target.device)
+            loaded, backend = _load(
+                context, options.model, options.random_weights, options.seed, target, precision
+            )
+            layers = _layers(options.layers, loaded.num_layers)
+            budget = resolve_token_budget(
+                options.token_budget,
+                target.device,
+                loaded.embed_dim,
+                len(layers),
+                precision,
+                options.max_length,
+            )
+            manifest = build_manifest(
+                index=index,
+                model_name=model_spec(options.model),
+                loaded=loaded,
+                layers=layers,
+                pooling=[p.value for p in options.pooling],
+                precision=precision,
+                token_budget=budget,
+                token_budget_auto=options.token_budget is None,
+                max_length=options.max_length,
+                checkpoint_every=options.checkpoint_every,
+                checkpoint_interval=options.checkpoint_interval,
+            )
+            write_manifest(run_dir, manifest)
+            prepared = _Prepared(
+                run_dir, manifest, index, loaded, backend, target, options.placement.workers
+            )
+            done = resume_from_checkpoints(run_dir, manifest, quarantine=True)
+            return _embed_and_merge(prepared, done, context, started)
 
     def resume(self, options: ResumeOptions, context: JobContext) -> RunSummary:
         """Continue the run in ``options.run_dir`` (``already_complete`` if nothing was left)."""
-        raise NotImplementedError("virnucpro resume is not wired to the pipeline yet")
+        started = time.perf_counter()
+        run_dir = options.run_dir.resolve()
+        with pipeline_errors(), RunLock(run_dir):
+            stored = _read_run_manifest(run_dir)
+            index = _rebuild_index(run_dir, stored)
+            done = resume_from_checkpoints(run_dir, stored, quarantine=True)
+            if done.num_left == 0:
+                return _finish_complete_run(run_dir, stored, context, started)
+            _check_stop(context, run_dir)
+            prepared = _prepare_resume(run_dir, stored, index, options.placement, context)
+            return _embed_and_merge(prepared, done, context, started)
 
     def inspect(self, run_dir: Path, verify: bool) -> RunReport:
         """The state of ``run_dir``; ``verify`` checks every checksum."""
-        raise NotImplementedError("virnucpro inspect-checkpoint is not wired to the pipeline yet")
+        with pipeline_errors():
+            _read_run_manifest(run_dir)
+            found = inspect_run(run_dir, verify=verify)
+        return RunReport(
+            run_dir=Path(found["run_dir"]),
+            state=RunState(found["state"]),
+            total_sequences=found["total_sequences"],
+            completed_sequences=found["completed_sequences"],
+            checkpoints=tuple(
+                CheckpointInfo(
+                    path=Path(entry["path"]),
+                    rank=entry["rank"] if entry["rank"] is not None else -1,
+                    sequences=entry["sequences"],
+                    valid=entry["valid"],
+                    trigger=entry["trigger_reason"],
+                    gpu_memory_bytes=entry["gpu_memory_peak_bytes"] or None,
+                    problem=entry["problem"],
+                )
+                for entry in found["checkpoints"]
+            ),
+            verified=found["verified"],
+        )
 
     def write_hdf5(self, run_dir: Path) -> Path:
         """Merge the checkpoints of the finished run into ``run_dir/embeddings.h5``."""
-        raise NotImplementedError("the HDF5 writer is not wired to virnucpro.ckpt yet")
+        with pipeline_errors():
+            return merge_run(run_dir)
 
     def esm2_backend(self) -> object:
         """The ESM-2 (fair-esm) backend for infer's ``ModelRegistry.register``."""
-        raise NotImplementedError("the ESM-2 backend is not wired to virnucpro.infer yet")
+        return ESM2Backend()
+
+
+def _claim_run_dir(run_dir: Path, force: bool, console: Console) -> None:
+    """Refuse a used run directory unless ``force``; then move the old run aside."""
+    used = used_entries(run_dir)
+    if not used:
+        return
+    if not force:
+        raise RunDirMismatchError(
+            f"{run_dir} already holds a run ({', '.join(p.name for p in used)}): "
+            f"continue it with `virnucpro resume {run_dir}` or start over with --force"
+        )
+    moved = move_old_run_aside(run_dir)
+    console.print(f"--force: the previous run was moved to {moved}", markup=False, highlight=False)
+
+
+def _read_run_manifest(run_dir: Path) -> dict[str, Any]:
+    try:
+        return read_manifest(run_dir)
+    except CheckpointError as exc:
+        raise MissingInputError(str(exc)) from None
+
+
+def _rebuild_index(run_dir: Path, stored: dict[str, Any]) -> SequenceIndex:
+    """The index of the run's own inputs; refuse inputs that changed, saying how."""
+    missing = [path for path in stored["inputs"] if not Path(path).is_file()]
+    if missing:
+        raise MissingInputError(
+            f"input of the run not found: {', '.join(missing)}; restore it to resume"
+        )
+    index = build_index(
+        stored["inputs"], stored["input_type"], stored["chunk_size"], run_dir / SPOOL_DIR
+    )
+    change = describe_input_change(stored, index)
+    if change is not None:
+        raise InputsChangedError(change)
+    return index
+
+
+def _prepare_resume(
+    run_dir: Path,
+    stored: dict[str, Any],
+    index: SequenceIndex,
+    placement: Placement,
+    context: JobContext,
+) -> _Prepared:
+    target = resolve_target(placement.device, placement.gpus)
+    precision = stored["precision"]
+    loaded, backend = _load(
+        context, stored["model"], stored["random_weights"], stored["seed"] or 0, target, precision
+    )
+    if loaded.checksum != stored["model_checksum"]:
+        raise RunDirMismatchError(
+            f"the weights of {stored['model']} changed since the run started "
+            f"(sha256 {stored['model_checksum']} -> {loaded.checksum}); "
+            "restore them, or start over with `virnucpro run ... --force`"
+        )
+    manifest = dict(stored)
+    if stored.get("token_budget_auto"):
+        manifest["token_budget"] = resolve_token_budget(
+            None,
+            target.device,
+            loaded.embed_dim,
+            len(stored["layers"]),
+            precision,
+            stored["max_length"],
+        )
+    return _Prepared(run_dir, manifest, index, loaded, backend, target, placement.workers)
+
+
+def _load(
+    context: JobContext,
+    spec: str,
+    random_weights: bool,
+    seed: int,
+    target: Target,
+    precision: str,
+) -> tuple[LoadedModel, Any]:
+    """The model through the registry every plugin filled, in the run's precision."""
+    registry = ModelRegistry()
+    context.plugins.register_models(registry)
+    backend = registry.resolve(spec)
+    loaded = backend.load(
+        spec,
+        random_weights=random_weights,
+        seed=seed,
+        device=target.device,
+        dtype=DTYPES[precision],
+    )
+    return loaded, backend
+
+
+def _layers(requested: tuple[int, ...] | None, num_layers: int) -> tuple[int, ...]:
+    try:
+        return resolve_layers(requested, num_layers)
+    except ValueError as exc:
+        raise UsageError(f"--layers: {exc}") from None
+
+
+def _check_stop(context: JobContext, run_dir: Path) -> None:
+    if context.stop.requested:
+        raise context.stop.stopped_error(run_dir)
+
+
+def _embed_and_merge(
+    prepared: _Prepared, done: ResumeResult, context: JobContext, started: float
+) -> RunSummary:
+    """Embed what ``done`` lacks on this rank's device, merge, summarise."""
+    run_dir, manifest = prepared.run_dir, prepared.manifest
+    batches = plan_batches(
+        prepared.index.lengths,
+        int(manifest["token_budget"]),
+        int(manifest["max_length"]),
+        exclude=done.done_indices,
+    )
+    total = int(manifest["num_sequences"])
+    key = prepared.target.label
+    with context.progress(total, done.num_done) as progress:
+        progress.add_worker(key, total, done.num_done)
+        outcome = embed_rank(
+            run_dir,
+            manifest,
+            prepared.index,
+            batches,
+            prepared.backend.packed_forward(prepared.loaded),
+            prepared.target.device,
+            policy=CheckpointPolicy(
+                int(manifest["checkpoint_every"]), float(manifest["checkpoint_interval"])
+            ),
+            num_workers=prepared.workers,
+            on_batch=lambda sequences, tokens: progress.advance(key, sequences, tokens),
+            should_stop=lambda: context.stop.requested,
+        )
+    if outcome.status == STOPPED:
+        raise context.stop.stopped_error(run_dir)
+    output = _write_output(run_dir, context)
+    return RunSummary(
+        sequences=total,
+        new_sequences=outcome.sequences,
+        tokens=outcome.tokens,
+        seconds=time.perf_counter() - started,
+        output=output,
+    )
+
+
+def _finish_complete_run(
+    run_dir: Path, stored: dict[str, Any], context: JobContext, started: float
+) -> RunSummary:
+    """Nothing left to embed: merge if that has not happened yet."""
+    output = run_dir / "embeddings.h5"
+    merged_before = output.is_file() and _merged_is_current(run_dir)
+    if not merged_before:
+        output = _write_output(run_dir, context)
+    return RunSummary(
+        sequences=int(stored["num_sequences"]),
+        new_sequences=0,
+        tokens=0,
+        seconds=time.perf_counter() - started,
+        output=output,
+        already_complete=True,
+    )
+
+
+def _merged_is_current(run_dir: Path) -> bool:
+    """The merged file is newer than every checkpoint."""
+    merged = (run_dir / "embeddings.h5").stat().st_mtime
+    stamps = [p.stat().st_mtime for p in (run_dir / "checkpoints").glob("rank_*/*.h5")]
+    return not stamps or merged >= np.max(stamps)
+
+
+def _write_output(run_dir: Path, context: JobContext) -> Path:
+    return context.plugins.writers().get(OUTPUT_WRITER).write(run_dir)
 
 
 PIPELINE = Jobs()

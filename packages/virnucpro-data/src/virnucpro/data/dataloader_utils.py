@@ -6,6 +6,7 @@ GPU from them before anything could initialise CUDA, and the datasets check it i
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 
 import numpy as np
@@ -18,7 +19,11 @@ logger = logging.getLogger(__name__)
 
 
 def cuda_safe_worker_init(worker_id: int) -> None:
-    """Worker start-up: hide all GPUs, stop tokenizer thread pools, seed numpy, check CUDA."""
+    """Worker start-up: ignore SIGINT, hide all GPUs, stop tokenizer thread pools, seed numpy,
+    check CUDA. A Ctrl-C reaches the whole process group; the main process decides how to
+    stop (at a batch boundary), and a worker dying of it mid-batch would turn that clean stop
+    into a loader error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     np.random.seed(worker_id)

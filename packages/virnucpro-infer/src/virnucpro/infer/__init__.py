@@ -16,6 +16,13 @@ from virnucpro.infer.models import (
     ModelLoadError,
 )
 from virnucpro.infer.packed import PackedESM2, resolve_layers
+from virnucpro.infer.pipeline import (
+    FINISHED,
+    STOPPED,
+    CheckpointPolicy,
+    RankOutcome,
+    embed_rank,
+)
 from virnucpro.infer.pooling import POOLINGS, pool_hidden_states
 from virnucpro.infer.queue_manager import (
     BatchQueueManager,
@@ -41,9 +48,12 @@ from virnucpro.infer.runner import (
 __all__ = [
     "ATTENTION_BACKENDS",
     "ESM2_ARCHITECTURES",
+    "FINISHED",
     "POOLINGS",
+    "STOPPED",
     "AsyncInferenceRunner",
     "BatchQueueManager",
+    "CheckpointPolicy",
     "ESM2Architecture",
     "ESM2Backend",
     "InferenceResult",
@@ -56,6 +66,7 @@ __all__ = [
     "PaddedSDPAAttention",
     "QueueEvent",
     "QueueRunError",
+    "RankOutcome",
     "SequenceLoopAttention",
     "SequenceOutOfMemoryError",
     "VarlenFlashAttention",
@@ -63,6 +74,7 @@ __all__ = [
     "WorkerStatus",
     "assign_files_by_size",
     "default_registry",
+    "embed_rank",
     "fair_esm_cache_dir",
     "load_model",
     "pool_hidden_states",
