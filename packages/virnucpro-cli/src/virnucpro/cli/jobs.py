@@ -321,7 +321,10 @@ def _embed_and_merge(
             manifest,
             prepared.index,
             batches,
-            prepared.backend.packed_forward(prepared.loaded),
+            # Compiled on CUDA: 1.7x the eager speed on H100 (benchmarks/results).
+            prepared.backend.packed_forward(
+                prepared.loaded, compile=prepared.target.device.type == "cuda"
+            ),
             prepared.target.device,
             policy=CheckpointPolicy(
                 int(manifest["checkpoint_every"]), float(manifest["checkpoint_interval"])
