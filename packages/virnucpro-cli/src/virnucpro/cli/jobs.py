@@ -385,6 +385,7 @@ def _embed_and_merge(
                 prepared.workers,
                 progress,
                 context.stop,
+                lambda line: context.progress.console.print(line, markup=False, highlight=False),
             )
             stopped, sequences, tokens = outcome.stopped, outcome.sequences, outcome.tokens
     if stopped:

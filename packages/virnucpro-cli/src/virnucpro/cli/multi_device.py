@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,13 +53,23 @@ class _EventProgress:
     moves by the change (negative when a dead worker's unfinished work is taken back;
     the retry reports the rows it skips, so the total never counts a row twice)."""
 
-    def __init__(self, display: ProgressDisplay, labels: Sequence[str]) -> None:
+    def __init__(
+        self, display: ProgressDisplay, labels: Sequence[str], say: Callable[[str], None]
+    ) -> None:
         self.display = display
         self.labels = list(labels)
+        self.say = say
         self.seen = {slot: (0, 0) for slot in range(len(labels))}
 
     def __call__(self, event: QueueEvent) -> None:
         slot = event.worker.worker_id
+        if event.kind == "unit_failed":
+            self.say(
+                f"virnucpro: worker {self.labels[slot]} failed ({event.detail}); "
+                f"respawning it; unit {event.unit_id} goes back to the queue"
+            )
+        elif event.kind == "retired":
+            self.say(f"virnucpro: worker {self.labels[slot]} failed too often; retired")
         sequences, tokens = event.worker.sequences_done, event.worker.tokens_done
         before_sequences, before_tokens = self.seen[slot]
         if (sequences, tokens) != (before_sequences, before_tokens):
@@ -78,10 +88,11 @@ def embed_on_devices(
     num_workers: int,
     display: ProgressDisplay,
     stop: GracefulStop,
+    say: Callable[[str], None],
     warmup: bool = False,
 ) -> DevicesOutcome:
     """Embed ``batches`` over one worker process per target; bars must already exist
-    under each target's label."""
+    under each target's label. ``say`` prints a line (a worker failed and was respawned)."""
     context = multiprocessing.get_context("spawn")
     stop_event = context.Event()
     manager = BatchQueueManager(
@@ -103,7 +114,7 @@ def embed_on_devices(
     bridge.start()
     try:
         results: dict[int, UnitResult] = manager.run(
-            units, _EventProgress(display, [t.label for t in targets])
+            units, _EventProgress(display, [t.label for t in targets], say)
         )
     except QueueRunError as exc:
         raise CliError(f"{exc}; finished work is checkpointed: resume {run_dir}") from None
