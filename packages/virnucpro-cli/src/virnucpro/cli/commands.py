@@ -90,11 +90,11 @@ def _require_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _placement(device: Device, gpus: str, workers: int) -> Placement:
+def _placement(device: Device, gpus: str, workers: int, processes: int = 1) -> Placement:
     spec: GpuSpec = _parsed("--gpus", parse_gpu_spec, gpus)
     if not spec.all and device is Device.cpu:
         raise typer.BadParameter("cannot select GPUs with --device cpu", param_hint="--gpus")
-    return Placement(device=device, gpus=spec, workers=workers)
+    return Placement(device=device, gpus=spec, workers=workers, processes=processes)
 
 
 DeviceOption = Annotated[
@@ -110,6 +110,14 @@ GpusOption = Annotated[
 WorkersOption = Annotated[
     int,
     typer.Option(min=0, help="Data loader processes per GPU (0: none).", rich_help_panel=PLACEMENT),
+]
+ProcessesOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="CPU runs: worker processes sharing the cores, through the same queue as GPUs.",
+        rich_help_panel=PLACEMENT,
+    ),
 ]
 
 
@@ -171,6 +179,7 @@ def run(
     device: DeviceOption = Device.auto,
     gpus: GpusOption = "all",
     workers: WorkersOption = 2,
+    processes: ProcessesOption = 1,
     checkpoint_every: Annotated[
         int,
         typer.Option(
@@ -204,11 +213,12 @@ def run(
         checkpoint_every=checkpoint_every,
         checkpoint_interval=_positive_seconds(checkpoint_interval),
         force=force,
-        placement=_placement(device, gpus, workers),
+        placement=_placement(device, gpus, workers, processes),
     )
     with GracefulStop() as stop:
         summary = state.jobs.run(options, _job_context(state, stop))
-    print_summary(state.console, summary)
+    if summary is not None:
+        print_summary(state.console, summary)
 
 
 def resume(
@@ -219,15 +229,18 @@ def resume(
     device: DeviceOption = Device.auto,
     gpus: GpusOption = "all",
     workers: WorkersOption = 2,
+    processes: ProcessesOption = 1,
 ) -> None:
     """Continue a stopped run from its manifest and checkpoints."""
     state = app_state(ctx)
     options = ResumeOptions(
-        run_dir=_require_run_dir(run_dir), placement=_placement(device, gpus, workers)
+        run_dir=_require_run_dir(run_dir),
+        placement=_placement(device, gpus, workers, processes),
     )
     with GracefulStop() as stop:
         summary = state.jobs.resume(options, _job_context(state, stop))
-    print_summary(state.console, summary)
+    if summary is not None:
+        print_summary(state.console, summary)
 
 
 def inspect_checkpoint(

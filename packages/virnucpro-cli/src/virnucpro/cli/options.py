@@ -87,6 +87,8 @@ class Placement:
     device: Device = Device.auto
     gpus: GpuSpec = ALL_GPUS
     workers: int = 2
+    processes: int = 1
+    """CPU runs: worker processes through the multi-device queue (GPUs: one per GPU)."""
 
 
 @dataclass(frozen=True)

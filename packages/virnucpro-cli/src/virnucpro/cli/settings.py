@@ -31,18 +31,26 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Target:
-    """The one device this process runs on, and the name of its progress bar."""
+    """One device a run uses (one process each), and the name of its progress bar."""
 
     device: torch.device
     label: str
 
 
-def resolve_target(device: Device, gpus: GpuSpec) -> Target:
-    """``auto``: the first GPU if there is one, else the CPU; ``cuda`` (or GPU ids) without
-    a GPU fails."""
+def resolve_targets(device: Device, gpus: GpuSpec, processes: int = 1) -> list[Target]:
+    """``auto``: every selected GPU if there is one, else the CPU (``processes`` CPU worker
+    processes); ``cuda`` (or GPU ids) without a GPU fails. The first target becomes this
+    process's current CUDA device."""
     wants_gpu = device is Device.cuda or not gpus.all
     if device is Device.cpu or (not wants_gpu and not torch.cuda.is_available()):
-        return Target(torch.device("cpu"), "cpu")
+        if processes == 1:
+            return [Target(torch.device("cpu"), "cpu")]
+        return [Target(torch.device("cpu"), f"cpu{i}") for i in range(processes)]
+    if processes != 1:
+        raise UsageError(
+            "--processes is for CPU runs; on GPUs every selected GPU gets one process "
+            "(choose them with --gpus)"
+        )
     if not torch.cuda.is_available():
         asked = "--device cuda" if device is Device.cuda else "--gpus"
         raise NoGpuError(f"{asked} but no usable GPU is visible; use --device cpu")
@@ -52,14 +60,8 @@ def resolve_target(device: Device, gpus: GpuSpec) -> Target:
         )
     except ValueError as exc:
         raise NoGpuError(f"{exc}; choose GPUs with --gpus") from None
-    if not gpus.all and len(chosen) > 1:
-        raise UsageError(
-            f"--gpus {','.join(g.physical_id for g in chosen)}: several GPUs are not yet "
-            "supported; give one GPU id"
-        )
-    first = chosen[0]
-    torch.cuda.set_device(first.ordinal)
-    return Target(torch.device("cuda", first.ordinal), f"gpu{first.physical_id}")
+    torch.cuda.set_device(chosen[0].ordinal)
+    return [Target(torch.device("cuda", g.ordinal), f"gpu{g.physical_id}") for g in chosen]
 
 
 def resolve_precision(precision: Precision | str, device: torch.device) -> str:

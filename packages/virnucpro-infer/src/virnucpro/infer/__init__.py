@@ -30,6 +30,7 @@ from virnucpro.infer.queue_manager import (
     QueueRunError,
     WorkerStatus,
     WorkUnit,
+    current_worker_slot,
 )
 from virnucpro.infer.registry import (
     ESM2Backend,
@@ -44,6 +45,7 @@ from virnucpro.infer.runner import (
     InferenceResult,
     SequenceOutOfMemoryError,
 )
+from virnucpro.infer.work_units import cut_into_units, without_done
 
 __all__ = [
     "ATTENTION_BACKENDS",
@@ -73,6 +75,8 @@ __all__ = [
     "WorkUnit",
     "WorkerStatus",
     "assign_files_by_size",
+    "current_worker_slot",
+    "cut_into_units",
     "default_registry",
     "embed_rank",
     "fair_esm_cache_dir",
@@ -80,4 +84,5 @@ __all__ = [
     "pool_hidden_states",
     "resolve_layers",
     "select_attention",
+    "without_done",
 ]

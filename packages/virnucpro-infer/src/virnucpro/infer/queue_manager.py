@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-Progress = Callable[[int], None]
+Progress = Callable[..., None]
+"""``progress(sequences, tokens=0)``: sequences (and their tokens) finished in the unit."""
 UnitHandler = Callable[[Any, Progress], Any]
 WorkerFunction = Callable[..., UnitHandler]
 
@@ -64,6 +65,7 @@ class WorkerState:
     current_unit: int | None = None
     units_done: int = 0
     sequences_done: int = 0
+    tokens_done: int = 0
     consecutive_failures: int = 0
     respawns: int = 0
 
@@ -72,8 +74,8 @@ class WorkerState:
 class QueueEvent:
     """kind: ready, progress, unit_done, unit_failed or retired.
 
-    `worker.sequences_done` counts sequences of finished units plus those reported
-    for the unit in hand; a failed unit's partial progress is taken back.
+    `worker.sequences_done` (and `tokens_done`) count finished units plus what was
+    reported for the unit in hand; a failed unit's partial progress is taken back.
     """
 
     kind: str
@@ -108,6 +110,7 @@ class _Worker:
         self.conn: Connection | None = None
         self.unit: WorkUnit | None = None
         self.unit_progress = 0
+        self.unit_tokens = 0
         self.last_error = ""
         self.retired = False
 
@@ -117,8 +120,10 @@ class BatchQueueManager:
 
     `worker_function(device, **worker_kwargs)` runs once in each worker process (load
     the model there) and returns the unit handler `handler(payload, progress)`, which
-    calls `progress(n)` as sequences finish and returns the unit's (picklable) result.
-    Both must be importable by name, as spawned processes import them.
+    calls `progress(n)` (or `progress(n, tokens)`) as sequences finish and returns the
+    unit's (picklable) result. Both must be importable by name, as spawned processes
+    import them. Inside a worker, :func:`current_worker_slot` gives its slot (0 to
+    devices - 1), which a respawned worker keeps.
     """
 
     def __init__(
@@ -193,6 +198,7 @@ class BatchQueueManager:
             target=_worker_main,
             args=(
                 worker.state.requested_device,
+                worker.state.worker_id,
                 self._cpu_threads,
                 self.worker_function,
                 self.worker_kwargs,
@@ -240,15 +246,18 @@ class BatchQueueManager:
             self._emit("ready", worker, detail=state.device)
             self._assign(worker)
         elif kind == "progress":
-            worker.unit_progress += body[0]
-            state.sequences_done += body[0]
+            sequences, tokens = body
+            worker.unit_progress += sequences
+            worker.unit_tokens += tokens
+            state.sequences_done += sequences
+            state.tokens_done += tokens
             self._emit("progress", worker, state.current_unit)
         elif kind == "done":
             unit_id, result = body
             self._results[unit_id] = result
             state.units_done += 1
             state.consecutive_failures = 0
-            worker.unit, worker.unit_progress = None, 0
+            worker.unit, worker.unit_progress, worker.unit_tokens = None, 0, 0
             state.current_unit, state.status = None, WorkerStatus.IDLE
             self._emit("unit_done", worker, unit_id)
             self._assign(worker)
@@ -261,7 +270,7 @@ class BatchQueueManager:
         if worker.state.device is None:
             return
         unit = self._pending.popleft()
-        worker.unit, worker.unit_progress = unit, 0
+        worker.unit, worker.unit_progress, worker.unit_tokens = unit, 0, 0
         worker.state.current_unit, worker.state.status = unit.unit_id, WorkerStatus.PROCESSING
         # A worker that died meanwhile is noticed by its sentinel; its unit is re-queued then.
         with contextlib.suppress(OSError):
@@ -275,8 +284,10 @@ class BatchQueueManager:
         worker.last_error = ""
         state.consecutive_failures += 1
         state.sequences_done -= worker.unit_progress
+        state.tokens_done -= worker.unit_tokens
         state.status, state.device = WorkerStatus.FAILED, None
-        unit, worker.unit, worker.unit_progress = worker.unit, None, 0
+        unit, worker.unit = worker.unit, None
+        worker.unit_progress, worker.unit_tokens = 0, 0
         state.current_unit = None
         if unit is not None:
             self._unit_failures[unit.unit_id] += 1
@@ -351,14 +362,26 @@ def _bind_device(spec: str, cpu_threads: int) -> tuple[torch.device, str]:
     return device, f"cuda:{current}"
 
 
+_worker_slot: int | None = None
+
+
+def current_worker_slot() -> int | None:
+    """This worker process's slot (None outside a queue worker): a stable rank for its
+    checkpoint directory, the same after a respawn."""
+    return _worker_slot
+
+
 def _worker_main(
     spec: str,
+    slot: int,
     cpu_threads: int,
     worker_function: WorkerFunction,
     worker_kwargs: dict,
     conn: Connection,
 ) -> None:
     """A worker process: bind the device, set up once, then handle units until told to stop."""
+    global _worker_slot
+    _worker_slot = slot
     try:
         device, in_use = _bind_device(spec, cpu_threads)
         handler = worker_function(device, **worker_kwargs)
@@ -374,7 +397,7 @@ def _worker_main(
         if unit is None:
             return
         try:
-            result = handler(unit.payload, lambda n: conn.send(("progress", n)))
+            result = handler(unit.payload, lambda n, tokens=0: conn.send(("progress", n, tokens)))
         except Exception as error:
             conn.send(("error", _one_line(error)))
             sys.exit(1)
