@@ -135,7 +135,6 @@ def run_once(setup: dict, devices: list[str], run_dir: Path, kill: bool) -> tupl
             "index": index,
             "stop": multiprocessing.get_context("spawn").Event(),
             "world_size": len(devices),
-            "num_workers": setup["workers"],
             "warmup": True,
         },
     )
@@ -166,7 +165,7 @@ def compare(reference: Path, other: Path) -> dict:
     }
 
 
-def prepare(model: str, inputs: list[Path], device: str, workers: int) -> dict:
+def prepare(model: str, inputs: list[Path], device: str) -> dict:
     """Index and manifest as `virnucpro run` writes them (model loaded once, then freed)."""
     torch_device = torch.device(device)
     precision = "bf16" if torch_device.type == "cuda" else "fp32"
@@ -195,7 +194,7 @@ def prepare(model: str, inputs: list[Path], device: str, workers: int) -> dict:
     del loaded
     if torch_device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"manifest": manifest, "index": index, "workers": workers}
+    return {"manifest": manifest, "index": index}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -204,7 +203,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, help="tokens of generated data per model")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--gpus", default="0,1", help="the two GPUs (physical ids)")
-    parser.add_argument("--workers", type=int, default=2, help="data loader processes per GPU")
     parser.add_argument("--kill-all", action="store_true", help="kill check on every model")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_MODEL}, few tokens")
     parser.add_argument("--out", type=Path)
@@ -235,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             inputs = [root / f"{model}_reads.fasta", root / f"{model}_uniref.fasta"]
             generate(inputs[0], "reads", tokens // 2, 1)
             generate(inputs[1], "uniref", tokens // 2, 2)
-            setup = prepare(model, inputs, devices[0], args.workers)
+            setup = prepare(model, inputs, devices[0])
             entry: dict = {"token_budget": setup["manifest"]["token_budget"]}
             say(f"{model}: 1 device")
             entry["one"], _ = run_once(setup, devices[:1], root / f"{model}_one", kill=False)

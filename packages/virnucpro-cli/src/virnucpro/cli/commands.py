@@ -109,7 +109,11 @@ GpusOption = Annotated[
 ]
 WorkersOption = Annotated[
     int,
-    typer.Option(min=0, help="Data loader processes per GPU (0: none).", rich_help_panel=PLACEMENT),
+    typer.Option(
+        min=0,
+        help="Data loader processes (0: none); one device or torchrun ranks only.",
+        rich_help_panel=PLACEMENT,
+    ),
 ]
 ProcessesOption = Annotated[
     int,

@@ -382,7 +382,6 @@ def _embed_and_merge(
                 prepared.index,
                 batches,
                 prepared.targets,
-                prepared.workers,
                 progress,
                 context.stop,
                 lambda line: context.progress.console.print(line, markup=False, highlight=False),

@@ -85,7 +85,6 @@ def embed_on_devices(
     index: SequenceIndex,
     batches: Sequence[np.ndarray],
     targets: Sequence[Target],
-    num_workers: int,
     display: ProgressDisplay,
     stop: GracefulStop,
     say: Callable[[str], None],
@@ -104,7 +103,6 @@ def embed_on_devices(
             "index": index,
             "stop": stop_event,
             "world_size": len(targets),
-            "num_workers": num_workers,
             "warmup": warmup,
         },
     )
