@@ -31,8 +31,6 @@ from virnucpro.ckpt.resume import QuarantinedFile, ResumeResult, resume_from_che
 from virnucpro.ckpt.trigger import CheckpointTrigger
 from virnucpro.ckpt.writer import AsyncCheckpointWriter, WriterStats
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AsyncCheckpointWriter",
     "CheckpointBatch",
@@ -48,7 +46,6 @@ __all__ = [
     "RunLock",
     "RunLockedError",
     "WriterStats",
-    "__version__",
     "check_manifest",
     "inspect_run",
     "is_run_locked",
