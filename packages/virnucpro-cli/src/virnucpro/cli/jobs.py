@@ -126,16 +126,13 @@ class Jobs:
         run_dir = options.run_dir.resolve()
         world = torchrun_world()
         if world is not None:
-            with pipeline_errors():
-                target = rank_target(options.placement, world)
             return _ranked(
                 world,
-                target,
-                options.placement.workers,
+                options.placement,
                 run_dir,
                 context,
                 started,
-                lambda: _set_up_run(options, context, run_dir, [target]),
+                lambda target: _set_up_run(options, context, run_dir, [target]),
             )
         with pipeline_errors(), RunLock(run_dir):
             targets = resolve_targets(
@@ -150,16 +147,13 @@ class Jobs:
         run_dir = options.run_dir.resolve()
         world = torchrun_world()
         if world is not None:
-            with pipeline_errors():
-                target = rank_target(options.placement, world)
             return _ranked(
                 world,
-                target,
-                options.placement.workers,
+                options.placement,
                 run_dir,
                 context,
                 started,
-                lambda: _set_up_resume(run_dir, options.placement, context, [target]),
+                lambda target: _set_up_resume(run_dir, options.placement, context, [target]),
             )
         with pipeline_errors(), RunLock(run_dir):
             prepared, done = _set_up_resume(run_dir, options.placement, context, None)
@@ -455,22 +449,23 @@ def _release_model(prepared: _Prepared) -> None:
 
 def _ranked(
     world: World,
-    target: Target,
-    workers: int,
+    placement: Placement,
     run_dir: Path,
     context: JobContext,
     started: float,
-    set_up: Callable[[], tuple[_Prepared | None, ResumeResult]],
+    set_up: Callable[[Target], tuple[_Prepared | None, ResumeResult]],
 ) -> RunSummary | None:
     """One rank of a torchrun launch: rank 0 sets up under the run lock and shares the
     manifest and done set; every rank embeds its share of the same plan; after one
     all-reduce (which also waits for every rank) rank 0 merges and reports."""
+    with pipeline_errors():
+        target = rank_target(placement, world)
     with pipeline_errors(), Coordinator(world) as ranks, contextlib.ExitStack() as held:
         own: list[_Prepared | None] = [None]
 
         def lead_set_up() -> tuple[dict[str, Any] | None, np.ndarray]:
             held.enter_context(RunLock(run_dir))
-            own[0], done = set_up()
+            own[0], done = set_up(target)
             return (own[0].manifest if own[0] else None), done.done_indices
 
         manifest, done_indices = ranks.share(lead_set_up if world.lead else None)
@@ -478,7 +473,7 @@ def _ranked(
             if not world.lead:
                 return None
             return _finish_complete_run(run_dir, read_manifest(run_dir), context, started)
-        prepared = own[0] or _join_run(run_dir, manifest, target, workers, context)
+        prepared = own[0] or _join_run(run_dir, manifest, target, placement.workers, context)
         batches = split_for_rank(
             _plan(prepared.index, manifest, done_indices),
             world.rank,
