@@ -12,6 +12,8 @@ from virnucpro.ckpt.checkpoint_file import (
 from virnucpro.ckpt.errors import (
     CheckpointError,
     CheckpointWriteError,
+    EmbeddingsFileError,
+    EmbeddingsKeyError,
     InvalidCheckpointError,
     ManifestMismatchError,
     MergeError,
@@ -27,6 +29,7 @@ from virnucpro.ckpt.manifest import (
     write_manifest,
 )
 from virnucpro.ckpt.merge import merge_checkpoints
+from virnucpro.ckpt.reader import Embeddings, open_embeddings
 from virnucpro.ckpt.resume import QuarantinedFile, ResumeResult, resume_from_checkpoints
 from virnucpro.ckpt.trigger import CheckpointTrigger
 from virnucpro.ckpt.writer import AsyncCheckpointWriter, WriterStats
@@ -38,6 +41,9 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointTrigger",
     "CheckpointWriteError",
+    "Embeddings",
+    "EmbeddingsFileError",
+    "EmbeddingsKeyError",
     "InvalidCheckpointError",
     "ManifestMismatchError",
     "MergeError",
@@ -52,6 +58,7 @@ __all__ = [
     "manifest_differences",
     "merge_checkpoints",
     "new_session_id",
+    "open_embeddings",
     "read_manifest",
     "resume_from_checkpoints",
     "validate_checkpoint_hdf5",

@@ -23,3 +23,15 @@ class MergeError(CheckpointError):
 
 class RunLockedError(CheckpointError):
     """Another process holds the run directory's lock."""
+
+
+class EmbeddingsFileError(CheckpointError):
+    """A path is missing, closed, or not a merged virnucpro embeddings file."""
+
+
+class EmbeddingsKeyError(CheckpointError, KeyError):
+    """An id, layer or pooling the embeddings file does not hold."""
+
+    def __str__(self) -> str:
+        # KeyError would show the message in quotes; say it plainly like every other error.
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,228 @@
+"""Read a finished run's ``embeddings.h5`` by id, layer and pooling.
+
+Opening reads only metadata (attributes, group and dataset names); ids are decoded on
+first use and embeddings row by row, so a file of any size opens at once and callers
+never need the layout (``.asstr()`` for ids, JSON-text attributes, per-token offsets).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+from virnucpro.ckpt.errors import EmbeddingsFileError, EmbeddingsKeyError
+from virnucpro.ckpt.layout import (
+    DEFAULT_POOLING,
+    MERGED_NAME,
+    PER_TOKEN,
+    offsets_name,
+    pooled_name,
+)
+
+LAYER_GROUP = re.compile(r"^layer_(?P<layer>\d+)$")
+SHOWN_IDS = 3
+
+
+def open_embeddings(path: str | Path) -> Embeddings:
+    """Open a run directory (its ``embeddings.h5``) or a merged ``.h5`` file for reading."""
+    path = Path(path)
+    if path.is_dir():
+        run_dir, path = path, path / MERGED_NAME
+        if not path.exists():
+            raise EmbeddingsFileError(
+                f"{run_dir} has no {MERGED_NAME}: it is written when every row is done;"
+                " resume the run to finish it"
+            )
+    elif not path.exists():
+        raise EmbeddingsFileError(
+            f"{path} does not exist; give a run directory or its {MERGED_NAME}"
+        )
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise EmbeddingsFileError(f"{path} is not a readable HDF5 file ({exc})") from None
+    try:
+        return Embeddings(handle)
+    except BaseException:
+        handle.close()
+        raise
+
+
+class Embeddings:
+    """A merged embeddings file: one row per input sequence, in input order.
+
+    ``e[id]`` is the default output (last layer, mean pooling); ``get`` picks any layer
+    and pooling. Close it (or use ``with``) to release the file.
+    """
+
+    def __init__(self, handle: h5py.File) -> None:
+        self.path = Path(handle.filename)
+        self._handle: h5py.File | None = handle
+        if "indices" in handle:
+            raise EmbeddingsFileError(
+                f"{self.path} is one checkpoint, not the merged result;"
+                f" open the run directory's {MERGED_NAME}"
+            )
+        outputs = {
+            int(match["layer"]): tuple(
+                sorted(n for n in handle[name] if n != f"{PER_TOKEN}_offsets")
+            )
+            for name in handle
+            if (match := LAYER_GROUP.match(name)) and isinstance(handle[name], h5py.Group)
+        }
+        if "ids" not in handle or not outputs:
+            held = ", ".join(handle) or "nothing"
+            raise EmbeddingsFileError(
+                f"{self.path} is not a virnucpro embeddings file (it needs ids and"
+                f" layer_<L> groups; it holds {held})"
+            )
+        self._outputs = dict(sorted(outputs.items()))
+        self.layers: tuple[int, ...] = tuple(self._outputs)
+        self.poolings: tuple[str, ...] = tuple(sorted(set().union(*self._outputs.values())))
+        self.config: dict[str, Any] = {k: _decode(v) for k, v in handle.attrs.items()}
+        self._size = int(handle["ids"].shape[0])
+        self._ids: tuple[str, ...] | None = None
+        self._rows: dict[str, int] | None = None
+        self._row_data: dict[str, np.ndarray] = {}
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every id, in input order (decoded on first use, then kept)."""
+        if self._ids is None:
+            self._ids = tuple(self._file["ids"].asstr()[()].tolist())
+        return self._ids
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens embedded per sequence (after truncation to the run's max length)."""
+        return self._per_row("lengths")
+
+    @property
+    def truncated(self) -> np.ndarray:
+        """Whether each sequence was longer than the run's max length and cut."""
+        return self._per_row("truncated")
+
+    def get(self, id: str, layer: int | None = None, pooling: str = DEFAULT_POOLING) -> np.ndarray:
+        """One sequence's output: a (D,) vector, or (L, D) for ``per_token``."""
+        layer, kind = self._output(layer, pooling)
+        row = self._row(id)
+        if kind == PER_TOKEN:
+            start, stop = self._file[offsets_name(layer)][row : row + 2]
+            return self._file[pooled_name(layer, kind)][start:stop]
+        return self._file[pooled_name(layer, kind)][row]
+
+    def mean(self, layer: int | None = None) -> np.ndarray:
+        """The N x D mean-pooled matrix of a layer (default: the last), read whole."""
+        return self.dataset(layer, DEFAULT_POOLING)[()]
+
+    def dataset(self, layer: int | None = None, pooling: str = DEFAULT_POOLING) -> h5py.Dataset:
+        """The N x D pooled dataset itself, to slice rows without reading it all."""
+        layer, kind = self._output(layer, pooling)
+        if kind == PER_TOKEN:
+            raise EmbeddingsKeyError(
+                "per-token outputs have one (L, D) block per id; read them with"
+                " get(id, pooling='per_token')"
+            )
+        return self._file[pooled_name(layer, kind)]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __getitem__(self, id: str) -> np.ndarray:
+        return self.get(id)
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and id in self._index()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __enter__(self) -> Embeddings:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Embeddings {self.path}: {self._size} ids, layers {list(self.layers)},"
+            f" poolings {list(self.poolings)}>"
+        )
+
+    @property
+    def _file(self) -> h5py.File:
+        if self._handle is None:
+            raise EmbeddingsFileError(f"{self.path} is closed; open it again to read")
+        return self._handle
+
+    def _output(self, layer: int | None, pooling: str) -> tuple[int, str]:
+        """Check the layer and pooling exist, naming what does if not."""
+        if layer is None:
+            layer = self.layers[-1]
+        if layer not in self._outputs:
+            held = ", ".join(str(n) for n in self.layers)
+            raise EmbeddingsKeyError(f"no layer {layer!r} in {self.path}; it holds layers {held}")
+        kind = pooling.replace("-", "_")
+        if kind not in self._outputs[layer]:
+            held = ", ".join(self._outputs[layer])
+            raise EmbeddingsKeyError(
+                f"no {pooling!r} pooling for layer {layer} in {self.path}; it holds {held}"
+            )
+        return layer, kind
+
+    def _index(self) -> dict[str, int]:
+        if self._rows is None:
+            rows = {name: row for row, name in enumerate(self.ids)}
+            if len(rows) != self._size:
+                raise EmbeddingsFileError(
+                    f"{self.path} repeats ids, so an id names no single row;"
+                    " read rows by position with dataset()"
+                )
+            self._rows = rows
+        return self._rows
+
+    def _row(self, id: str) -> int:
+        try:
+            return self._index()[id]
+        except KeyError:
+            shown = ", ".join(repr(i) for i in self.ids[:SHOWN_IDS])
+            more = ", ..." if self._size > SHOWN_IDS else ""
+            raise EmbeddingsKeyError(
+                f"no id {id!r} in {self.path} ({self._size} ids: {shown}{more})"
+            ) from None
+
+    def _per_row(self, name: str) -> np.ndarray:
+        if name not in self._row_data:
+            if name not in self._file:
+                raise EmbeddingsFileError(f"{self.path} holds no {name}")
+            self._row_data[name] = self._file[name][()]
+        return self._row_data[name]
+
+
+def _decode(value: Any) -> Any:
+    """Attributes are JSON text (the merge writes them so); anything else is kept as read."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
