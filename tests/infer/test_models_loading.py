@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import pathlib
+import pickle
 import socket
 import threading
 from argparse import Namespace
@@ -103,7 +104,7 @@ def test_pickled_object_is_refused(make_esm2, tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"not a checkpoint", "cannot read weights file"), (None, "does not exist")],
+    [(b"not a checkpoint", "not a torch checkpoint"), (None, "does not exist")],
 )
 def test_unreadable_or_missing_file(tmp_path, content, message):
     path = tmp_path / "esm2_broken.pt"
@@ -183,7 +184,8 @@ def test_offline_error_says_where_to_put_the_file(torch_home):
     message = str(caught.value)
     assert "\n" not in message
     assert str(fair_esm_cache_dir()) in message
-    assert "put esm2_t33_650M_UR50D.pt there or pass the path" in message
+    assert "put esm2_t33_650M_UR50D.pt there, pass the path" in message
+    assert "--random-weights" in message
     assert not (fair_esm_cache_dir() / "esm2_t33_650M_UR50D.pt").exists()
 
 
@@ -243,3 +245,34 @@ def test_precision_is_applied_in_place(packing):
     full = PackedESM2(reference.model)(input_ids, cu_seqlens, max_seqlen, [-1])[6]
     cosine = torch.nn.functional.cosine_similarity(half.float(), full, dim=-1)
     assert cosine.min().item() > 0.99
+
+
+def test_plain_pickle_is_refused_unrun(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "esm2_payload.pt"
+    path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(ModelLoadError, match="plain pickle, which could run code") as caught:
+        load_model(str(path))
+    assert "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_describe_reads_architecture_and_checksum_without_building(make_esm2, tmp_path):
+    path = tmp_path / "esm2_small.pt"
+    model = make_esm2(2, 32, 4)
+    write_published(model, path, False)
+    info = ESM2Backend().describe(str(path))
+    assert (info.num_layers, info.embed_dim, info.attention_heads) == (2, 32, 4)
+    assert info.checksum == hashlib.sha256(path.read_bytes()).hexdigest()
+    own = sum(p.numel() for name, p in model.named_parameters() if "contact" not in name)
+    assert info.num_parameters == own
+    loaded = ESM2Backend().load(info)
+    assert loaded.info is info

@@ -13,6 +13,7 @@ from virnucpro.infer.models import (
     ESM2_ARCHITECTURES,
     ESM2Architecture,
     LoadedModel,
+    ModelInfo,
     ModelLoadError,
 )
 from virnucpro.infer.packed import PackedESM2, resolve_layers
@@ -61,6 +62,7 @@ __all__ = [
     "InferenceResult",
     "LoadedModel",
     "ModelBackend",
+    "ModelInfo",
     "ModelLoadError",
     "ModelRegistry",
     "PackedESM2",

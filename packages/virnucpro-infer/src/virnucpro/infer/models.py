@@ -28,20 +28,70 @@ ESM2_ARCHITECTURES: dict[str, ESM2Architecture] = {
 }
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready for a packed forward, with what results must record about it.
+def esm2_parameter_count(num_layers: int, embed_dim: int, vocab_size: int = 33) -> int:
+    """Parameters of an ESM-2 (shared embedding/LM head counted once), from its shape:
+    what weight memory a run needs before any weights are read."""
+    per_layer = 12 * embed_dim * embed_dim + 13 * embed_dim
+    heads = embed_dim * embed_dim + 3 * embed_dim + vocab_size  # lm head dense, norm, bias
+    return vocab_size * embed_dim + num_layers * per_layer + 2 * embed_dim + heads
 
-    `checksum` is the sha256 of the weights file (None for random weights), so a
-    resumed run can refuse different weights under the same name.
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a run records about its model, known without holding the weights in memory.
+
+    A backend's ``describe`` finds it once per run (the sha256 of the weights is read
+    then, and only then); every process that computes loads the weights from it.
+    ``checksum`` is None for random weights, whose identity is ``(name, seed)``.
     """
 
-    model: torch.nn.Module
     name: str
+    source: str
+    """The weights file or folder, a hub id with its revision, or ``random``."""
     num_layers: int
     embed_dim: int
+    attention_heads: int
+    num_parameters: int
     checksum: str | None
-    seed: int | None
     random_weights: bool
-    source: str
+    seed: int | None
     backend: str = "esm2"
+
+    def weight_bytes(self, dtype: torch.dtype) -> int:
+        return self.num_parameters * torch.finfo(dtype).bits // 8
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for a packed forward and what results must record about it."""
+
+    model: torch.nn.Module
+    info: ModelInfo
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def num_layers(self) -> int:
+        return self.info.num_layers
+
+    @property
+    def embed_dim(self) -> int:
+        return self.info.embed_dim
+
+    @property
+    def checksum(self) -> str | None:
+        return self.info.checksum
+
+    @property
+    def seed(self) -> int | None:
+        return self.info.seed
+
+    @property
+    def random_weights(self) -> bool:
+        return self.info.random_weights
+
+    @property
+    def source(self) -> str:
+        return self.info.source

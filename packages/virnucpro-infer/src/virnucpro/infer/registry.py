@@ -17,10 +17,12 @@ from virnucpro.infer.esm2_loading import (
     FAIR_ESM_MODEL_URL,
     FAIR_ESM_REGRESSION_URL,
     build_random_esm2,
+    describe_esm2_file,
+    describe_esm2_named,
+    describe_random_esm2,
     load_esm2_file,
-    load_esm2_named,
 )
-from virnucpro.infer.models import ESM2_ARCHITECTURES, LoadedModel, ModelLoadError
+from virnucpro.infer.models import ESM2_ARCHITECTURES, LoadedModel, ModelInfo, ModelLoadError
 from virnucpro.infer.packed import PackedESM2
 
 PackedForward = Callable[[torch.Tensor, torch.Tensor, int, Iterable[int]], dict[int, torch.Tensor]]
@@ -28,22 +30,24 @@ PackedForward = Callable[[torch.Tensor, torch.Tensor, int, Iterable[int]], dict[
 
 @runtime_checkable
 class ModelBackend(Protocol):
-    """What a model plugin provides."""
+    """What a model plugin provides: ``describe`` once per run, ``load`` in every
+    process that computes, from what ``describe`` found."""
 
     name: str
 
     def matches(self, spec: str) -> bool:
-        """Whether this backend understands `spec` (a model name or a path)."""
+        """Whether this backend understands `spec` (a model name, path or hub id)."""
+
+    def describe(self, spec: str, random_weights: bool = False, seed: int = 0) -> ModelInfo:
+        """The model's architecture and weights checksum, without keeping weights in memory."""
 
     def load(
         self,
-        spec: str,
-        random_weights: bool = False,
-        seed: int = 0,
+        info: ModelInfo,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> LoadedModel:
-        """Load (or, with random_weights, build seeded random) weights on device/dtype."""
+        """The weights ``info`` describes (no second checksum), on device in dtype."""
 
     def packed_forward(self, loaded: LoadedModel, **options) -> PackedForward:
         """A callable (input_ids, cu_seqlens, max_seqlen, repr_layers) -> {layer: (T, D)}."""
@@ -65,27 +69,27 @@ class ESM2Backend:
     def matches(self, spec: str) -> bool:
         return spec in ESM2_ARCHITECTURES or spec.endswith(".pt") or Path(spec).is_file()
 
-    def load(
-        self,
-        spec: str,
-        random_weights: bool = False,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> LoadedModel:
+    def describe(self, spec: str, random_weights: bool = False, seed: int = 0) -> ModelInfo:
         if random_weights:
             if spec not in ESM2_ARCHITECTURES:
                 raise ModelLoadError(
                     f"random weights need a model name, not {spec!r}; "
                     f"choose one of {', '.join(ESM2_ARCHITECTURES)}"
                 )
-            loaded = build_random_esm2(spec, seed, device)
-        elif spec in ESM2_ARCHITECTURES:
-            loaded = load_esm2_named(spec, self.model_url, self.regression_url)
-        else:
-            loaded = load_esm2_file(Path(spec))
-        loaded.model.to(device=device, dtype=dtype)
-        return loaded
+            return describe_random_esm2(spec, seed)
+        if spec in ESM2_ARCHITECTURES:
+            return describe_esm2_named(spec, self.model_url, self.regression_url)
+        return describe_esm2_file(Path(spec))
+
+    def load(
+        self,
+        info: ModelInfo,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> LoadedModel:
+        model = build_random_esm2(info, device) if info.random_weights else load_esm2_file(info)
+        model.to(device=device, dtype=dtype)
+        return LoadedModel(model, info)
 
     def packed_forward(
         self, loaded: LoadedModel, attention: str = "auto", compile: bool = False
@@ -137,6 +141,5 @@ def load_model(
     """Load a model through the registry (the built-in one unless given)."""
     registry = registry or default_registry()
     backend = registry.resolve(name_or_path)
-    return backend.load(
-        name_or_path, random_weights=random_weights, seed=seed, device=device, dtype=dtype
-    )
+    info = backend.describe(name_or_path, random_weights=random_weights, seed=seed)
+    return backend.load(info, device=device, dtype=dtype)
