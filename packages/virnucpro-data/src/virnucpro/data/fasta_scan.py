@@ -17,13 +17,14 @@ from virnucpro.data.errors import InputError
 BLOCK_SIZE = 1 << 24
 GZIP_MAGIC = b"\x1f\x8b"
 _WHITESPACE = b" \t\r\n\v\f"
+_DIGITS = b"0123456789"
 _UPPER = bytes.maketrans(b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def normalize_protein(body: bytes) -> bytes:
-    """Residues of a record body: line breaks (LF or CRLF) and spaces removed, upper-cased,
-    trailing `*` stops stripped."""
-    return body.translate(_UPPER, _WHITESPACE).rstrip(b"*")
+    """Residues of a record body: line breaks (LF or CRLF), spaces and digits removed (see
+    `virnucpro.data.nonstandard`), upper-cased, trailing `*` stops stripped."""
+    return body.translate(_UPPER, _WHITESPACE + _DIGITS).rstrip(b"*")
 
 
 def normalize_dna(body: bytes) -> bytes:
