@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 
-from virnucpro.cli.jobs import PIPELINE, Jobs
-from virnucpro.cli.plugins import PluginHost
+from virnucpro.cli.plugins import CliPlugins
 from virnucpro.cli.versions import version_lines
 
 DEBUG_ENV = "VIRNUCPRO_DEBUG"
@@ -19,8 +19,7 @@ DEBUG_ENV = "VIRNUCPRO_DEBUG"
 class AppState:
     """Given to every command as ``ctx.obj``."""
 
-    plugins: PluginHost
-    jobs: Jobs = PIPELINE
+    plugins: CliPlugins
     console: Console = field(default_factory=Console)
     """Results (summaries, tables, JSON) go to stdout."""
     err_console: Console = field(default_factory=lambda: Console(stderr=True))
@@ -41,7 +40,25 @@ def _print_versions(value: bool) -> None:
         raise typer.Exit()
 
 
-def build_app(plugins: PluginHost) -> typer.Typer:
+class PlainHelpCommand(typer.core.TyperCommand):
+    """Arguments in help as people write them (``FASTA...``, no ``{FASTA}`` and no
+    ``<list[Path]>``): typer's type names mean nothing to the person reading."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, typer.core.TyperArgument):
+                plain = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                param.display_type_rich = _no_type  # type: ignore[method-assign]
+                param._usage_display_name = lambda plain=plain: plain  # type: ignore[method-assign,misc]
+        return params
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+def build_app(plugins: CliPlugins) -> typer.Typer:
     """A new app with the commands every loaded plugin registers."""
     app = typer.Typer(
         name="virnucpro",
@@ -49,6 +66,8 @@ def build_app(plugins: PluginHost) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        # Plain help: rich's panels cut defaults and print type names at 80 columns.
+        rich_markup_mode=None,
     )
 
     @app.callback()

@@ -1,8 +1,9 @@
 """Built-in plugin: ``run``, ``resume``, ``inspect-checkpoint`` and ``plugins``.
 
-The commands only validate what the person typed and hand it to the pipeline seam
-(:mod:`virnucpro.cli.jobs`); they register through the same hook a third-party
-plugin uses.
+A command turns what the person typed into the engine's configuration, calls the engine
+(:mod:`virnucpro.infer.job.engine`, imported when a command runs, so ``--help`` and
+``--version`` never load torch) and prints its result. The commands register through
+the same hook a third-party plugin uses.
 """
 
 from __future__ import annotations
@@ -14,31 +15,22 @@ from typing import Annotated, TypeVar
 import typer
 from rich.table import Table
 
-from virnucpro.cli.app import AppState, app_state
-from virnucpro.cli.errors import MissingInputError
-from virnucpro.cli.gpus import GpuSpec, parse_gpu_spec
+from virnucpro.cli.app import PlainHelpCommand, app_state
 from virnucpro.cli.hookspecs import hookimpl
-from virnucpro.cli.jobs import JobContext, ProgressFactory
 from virnucpro.cli.options import (
-    CHUNK_SIZES,
-    DEFAULT_CHECKPOINT_EVERY,
-    DEFAULT_CHECKPOINT_INTERVAL,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_MAX_LENGTH,
-    DEFAULT_MODEL,
     Device,
     InputType,
-    Placement,
     Pooling,
     Precision,
-    ResumeOptions,
-    RunOptions,
     parse_layers,
     parse_token_budget,
 )
-from virnucpro.cli.report import print_report, report_json
+from virnucpro.cli.report import inspect_report, print_report, report_json
+from virnucpro.cli.reporter import CliReporter
 from virnucpro.cli.signals import GracefulStop
 from virnucpro.cli.summary import print_summary
+from virnucpro.infer.job.config import CHUNK_SIZES, Placement, RunConfig
+from virnucpro.infer.job.errors import MissingInputError, RunStopped
 
 T = TypeVar("T")
 PLACEMENT = "Placement"
@@ -57,7 +49,7 @@ def _parsed(option: str, parse: Callable[[str], T], text: str) -> T:
 
 def _chunk_size(input_type: InputType, chunk_size: int | None) -> int:
     if chunk_size is None:
-        return DEFAULT_CHUNK_SIZE
+        return RunConfig.chunk_size
     if input_type is not InputType.dna:
         raise typer.BadParameter("only applies with --input-type dna", param_hint="--chunk-size")
     if chunk_size not in CHUNK_SIZES:
@@ -90,19 +82,27 @@ def _require_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _placement(device: Device, gpus: str, workers: int, processes: int = 1) -> Placement:
-    spec: GpuSpec = _parsed("--gpus", parse_gpu_spec, gpus)
-    if not spec.all and device is Device.cpu:
+def _placement(device: Device, gpus: str, workers: int, processes: int) -> Placement:
+    if gpus.strip().lower() != "all" and device is Device.cpu:
         raise typer.BadParameter("cannot select GPUs with --device cpu", param_hint="--gpus")
-    return Placement(device=device, gpus=spec, workers=workers, processes=processes)
+    try:
+        return Placement(device=device.value, gpus=gpus, workers=workers, processes=processes)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("gpus: "), param_hint="--gpus") from None
 
 
 DeviceOption = Annotated[
-    Device, typer.Option(help="Where to run; cuda fails if no GPU.", rich_help_panel=PLACEMENT)
+    Device,
+    typer.Option(
+        metavar="[auto|cpu|cuda]",
+        help="Where to run; cuda fails if no GPU.",
+        rich_help_panel=PLACEMENT,
+    ),
 ]
 GpusOption = Annotated[
     str,
     typer.Option(
+        metavar="IDS",
         help="GPUs by physical id as nvidia-smi shows them: all, or e.g. 2,3.",
         rich_help_panel=PLACEMENT,
     ),
@@ -111,6 +111,7 @@ WorkersOption = Annotated[
     int,
     typer.Option(
         min=0,
+        metavar="N",
         help="Data loader processes (0: none); one device or torchrun ranks only.",
         rich_help_panel=PLACEMENT,
     ),
@@ -119,6 +120,7 @@ ProcessesOption = Annotated[
     int,
     typer.Option(
         min=1,
+        metavar="N",
         help="CPU runs: worker processes sharing the cores, through the same queue as GPUs.",
         rich_help_panel=PLACEMENT,
     ),
@@ -128,101 +130,172 @@ ProcessesOption = Annotated[
 def run(
     ctx: typer.Context,
     inputs: Annotated[
-        list[Path], typer.Argument(help="FASTA files (plain or gzip).", show_default=False)
+        list[Path],
+        typer.Argument(metavar="FASTA", help="FASTA files (plain or gzip).", show_default=False),
     ],
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="Run directory (checkpoints, embeddings.h5).", show_default=False
+            "--output",
+            "-o",
+            metavar="RUN_DIR",
+            help="Run directory (checkpoints, embeddings.h5).",
+            show_default=False,
         ),
     ],
     model: Annotated[
-        str, typer.Option(help="fair-esm model name or path.", rich_help_panel=MODEL)
-    ] = DEFAULT_MODEL,
+        str,
+        typer.Option(
+            metavar="NAME|PATH",
+            help=f"fair-esm model name or weights path [default: {RunConfig.model}].",
+            show_default=False,
+            rich_help_panel=MODEL,
+        ),
+    ] = RunConfig.model,
     random_weights: Annotated[
         bool,
-        typer.Option(help="Random weights (no download): tests and demos.", rich_help_panel=MODEL),
-    ] = False,
-    seed: Annotated[int, typer.Option(help="Seed of random weights.", rich_help_panel=MODEL)] = 0,
+        typer.Option(
+            "--random-weights",
+            help="Seeded random weights (no download): tests and demos.",
+            rich_help_panel=MODEL,
+        ),
+    ] = RunConfig.random_weights,
+    seed: Annotated[
+        int, typer.Option(metavar="N", help="Seed of random weights.", rich_help_panel=MODEL)
+    ] = RunConfig.seed,
     layers: Annotated[
         str,
         typer.Option(
+            metavar="LIST",
             help="fair-esm layer numbers, comma-separated; negative counts from the last.",
             rich_help_panel=MODEL,
         ),
     ] = "last",
     pooling: Annotated[
         list[Pooling],
-        typer.Option(help="Repeat for several; mean excludes BOS/EOS.", rich_help_panel=MODEL),
+        typer.Option(
+            metavar="[mean|bos|per-token]",
+            help="Repeat for several; mean excludes BOS/EOS [default: mean].",
+            show_default=False,
+            rich_help_panel=MODEL,
+        ),
     ] = [Pooling.mean],  # noqa: B006 - Typer reads defaults; the list is never mutated
     precision: Annotated[
-        Precision, typer.Option(help="auto: bf16 on GPUs that have it.", rich_help_panel=MODEL)
+        Precision,
+        typer.Option(
+            metavar="[auto|fp32|bf16|fp16]",
+            help="auto: bf16 on GPUs that have it.",
+            rich_help_panel=MODEL,
+        ),
     ] = Precision.auto,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="NAME",
+            help="A registered output writer (virnucpro plugins).",
+            rich_help_panel=MODEL,
+        ),
+    ] = RunConfig.output_format,
     input_type: Annotated[
         InputType,
-        typer.Option(help="dna: six-frame translation of reads.", rich_help_panel=DATA),
+        typer.Option(
+            metavar="[protein|dna]",
+            help="dna: six-frame translation of reads.",
+            rich_help_panel=DATA,
+        ),
     ] = InputType.protein,
     chunk_size: Annotated[
         int | None,
         typer.Option(
-            help=f"DNA reads mode: chunk length, 300 or 500 (default {DEFAULT_CHUNK_SIZE}).",
+            metavar="N",
+            help=f"DNA reads mode: chunk length, 300 or 500 [default: {RunConfig.chunk_size}].",
             show_default=False,
             rich_help_panel=DATA,
         ),
     ] = None,
     max_length: Annotated[
         int,
-        typer.Option(min=0, help="Truncate longer sequences (0: never).", rich_help_panel=DATA),
-    ] = DEFAULT_MAX_LENGTH,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Truncate longer sequences (0: never).",
+            rich_help_panel=DATA,
+        ),
+    ] = RunConfig.max_length,
     token_budget: Annotated[
         str,
         typer.Option(
-            help="Tokens per batch, or auto from free GPU memory.", rich_help_panel=PLACEMENT
+            metavar="N",
+            help="Tokens per batch, or auto from free GPU memory.",
+            rich_help_panel=PLACEMENT,
         ),
     ] = "auto",
     device: DeviceOption = Device.auto,
     gpus: GpusOption = "all",
-    workers: WorkersOption = 2,
-    processes: ProcessesOption = 1,
+    workers: WorkersOption = Placement.workers,
+    processes: ProcessesOption = Placement.processes,
     checkpoint_every: Annotated[
         int,
         typer.Option(
-            min=1, help="Checkpoint after this many sequences.", rich_help_panel=CHECKPOINTS
+            min=1,
+            metavar="N",
+            help="Checkpoint after this many sequences.",
+            rich_help_panel=CHECKPOINTS,
         ),
-    ] = DEFAULT_CHECKPOINT_EVERY,
+    ] = RunConfig.checkpoint_every,
     checkpoint_interval: Annotated[
         float,
-        typer.Option(help="Checkpoint after this many seconds.", rich_help_panel=CHECKPOINTS),
-    ] = DEFAULT_CHECKPOINT_INTERVAL,
+        typer.Option(
+            metavar="SECONDS",
+            help="Checkpoint after this many seconds.",
+            rich_help_panel=CHECKPOINTS,
+        ),
+    ] = RunConfig.checkpoint_interval,
     force: Annotated[
         bool,
-        typer.Option(help="Start over in a run directory that holds another run."),
+        typer.Option(
+            "--force",
+            help="Start over in a run directory that holds another run (moved beside it).",
+        ),
     ] = False,
 ) -> None:
-    """Embed the proteins of INPUTS into OUTPUT/embeddings.h5 (input order)."""
+    """Embed the proteins of the FASTA files into RUN_DIR/embeddings.h5 (input order)."""
     state = app_state(ctx)
-    options = RunOptions(
+    config = RunConfig(
         inputs=_require_inputs(inputs),
-        run_dir=output,
         model=model,
         random_weights=random_weights,
         seed=seed,
-        input_type=input_type,
+        input_type=input_type.value,
         chunk_size=_chunk_size(input_type, chunk_size),
         layers=_parsed("--layers", parse_layers, layers),
-        pooling=tuple(dict.fromkeys(pooling)),
-        precision=precision,
+        pooling=tuple(p.value for p in pooling),
+        precision=precision.value,
         token_budget=_parsed("--token-budget", parse_token_budget, token_budget),
         max_length=max_length,
         checkpoint_every=checkpoint_every,
         checkpoint_interval=_positive_seconds(checkpoint_interval),
-        force=force,
-        placement=_placement(device, gpus, workers, processes),
+        output_format=output_format,
     )
+    placement = _placement(device, gpus, workers, processes)
+    from virnucpro.infer.job.engine import run_job
+
     with GracefulStop() as stop:
-        summary = state.jobs.run(options, _job_context(state, stop))
-    if summary is not None:
-        print_summary(state.console, summary)
+        result = _stoppable(
+            stop,
+            lambda: run_job(
+                config,
+                output,
+                placement,
+                force=force,
+                plugins=state.plugins.host,
+                reporter=CliReporter(state.err_console),
+                should_stop=lambda: stop.requested,
+            ),
+        )
+    if result.lead:
+        print_summary(state.console, result)
 
 
 def resume(
@@ -232,19 +305,36 @@ def resume(
     ],
     device: DeviceOption = Device.auto,
     gpus: GpusOption = "all",
-    workers: WorkersOption = 2,
-    processes: ProcessesOption = 1,
+    workers: WorkersOption = Placement.workers,
+    processes: ProcessesOption = Placement.processes,
 ) -> None:
     """Continue a stopped run from its manifest and checkpoints."""
     state = app_state(ctx)
-    options = ResumeOptions(
-        run_dir=_require_run_dir(run_dir),
-        placement=_placement(device, gpus, workers, processes),
-    )
+    run_dir = _require_run_dir(run_dir)
+    placement = _placement(device, gpus, workers, processes)
+    from virnucpro.infer.job.engine import resume_job
+
     with GracefulStop() as stop:
-        summary = state.jobs.resume(options, _job_context(state, stop))
-    if summary is not None:
-        print_summary(state.console, summary)
+        result = _stoppable(
+            stop,
+            lambda: resume_job(
+                run_dir,
+                placement,
+                plugins=state.plugins.host,
+                reporter=CliReporter(state.err_console),
+                should_stop=lambda: stop.requested,
+            ),
+        )
+    if result.lead:
+        print_summary(state.console, result)
+
+
+def _stoppable(stop: GracefulStop, call: Callable[[], T]) -> T:
+    """The engine's stop, said with the signal that asked for it."""
+    try:
+        return call()
+    except RunStopped as stopped:
+        raise stop.stopped_error(Path(str(stopped.run_dir))) from None
 
 
 def inspect_checkpoint(
@@ -253,11 +343,13 @@ def inspect_checkpoint(
         Path, typer.Argument(metavar="RUN_DIR", help="The run directory to inspect.")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    verify: Annotated[bool, typer.Option(help="Check every checkpoint's checksums.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check every checkpoint's checksums.")
+    ] = False,
 ) -> None:
     """What is done, what is valid and what is left in a run directory."""
     state = app_state(ctx)
-    report = state.jobs.inspect(_require_run_dir(run_dir), verify)
+    report = inspect_report(_require_run_dir(run_dir), verify)
     if as_json:
         typer.echo(report_json(report))
     else:
@@ -279,18 +371,9 @@ def plugins(ctx: typer.Context) -> None:
     state.console.print(table)
 
 
-def _job_context(state: AppState, stop: GracefulStop) -> JobContext:
-    return JobContext(
-        plugins=state.plugins,
-        progress=ProgressFactory(state.err_console),
-        stop=stop,
-        console=state.console,
-    )
-
-
 @hookimpl
 def virnucpro_register_commands(app: typer.Typer) -> None:
-    app.command("run")(run)
-    app.command("resume")(resume)
-    app.command("inspect-checkpoint")(inspect_checkpoint)
-    app.command("plugins")(plugins)
+    app.command("run", cls=PlainHelpCommand)(run)
+    app.command("resume", cls=PlainHelpCommand)(resume)
+    app.command("inspect-checkpoint", cls=PlainHelpCommand)(inspect_checkpoint)
+    app.command("plugins", cls=PlainHelpCommand)(plugins)

@@ -1,9 +1,8 @@
-"""Errors a person can act on: one line, a distinct exit code, no traceback.
+"""Every error a person sees: one line, a documented exit code, no traceback.
 
-Code that knows what went wrong raises a :class:`CliError` subclass; :func:`translate`
-turns the few standard exceptions that need no wrapping (a full disk, a missing file)
-into one, and anything else becomes an internal error whose traceback ``--debug``
-shows. The exit codes are listed in the package README.
+The engine raises :class:`virnucpro.infer.job.errors.JobError` types; each maps to an
+exit code here by its type (never by its text). Anything else is an internal error
+whose traceback ``--debug`` shows. The README lists the codes.
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ from __future__ import annotations
 import errno
 import signal
 from enum import IntEnum
+
+from virnucpro.infer.job import errors as job
 
 
 class ExitCode(IntEnum):
@@ -26,87 +27,62 @@ class ExitCode(IntEnum):
     INPUTS_CHANGED = 9
     DISK_FULL = 10
     PLUGIN = 11
+    MODEL_TOO_LARGE = 12
+    WORKER_FAILED = 13
+    OUTPUT_FAILED = 14
+    OUT_OF_DEVICE_MEMORY = 15
     INTERRUPTED = 130
     TERMINATED = 143
 
 
-class CliError(Exception):
-    """An error with a one-line message for a person and the exit code it maps to."""
-
-    exit_code: ExitCode = ExitCode.INTERNAL
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = " ".join(message.split())
-
-
-class UsageError(CliError):
-    """A value the command line accepted but the run cannot use (e.g. a layer the model
-    lacks), or a combination not supported yet."""
-
-    exit_code = ExitCode.USAGE
-
-
-class MissingInputError(CliError):
-    exit_code = ExitCode.MISSING_INPUT
+EXIT_CODES: dict[type[job.JobError], ExitCode] = {
+    job.ConfigError: ExitCode.USAGE,
+    job.MissingInputError: ExitCode.MISSING_INPUT,
+    job.BadInputError: ExitCode.BAD_INPUT,
+    job.WeightsUnavailableError: ExitCode.WEIGHTS_UNAVAILABLE,
+    job.NoDeviceError: ExitCode.NO_GPU,
+    job.RunDirInUseError: ExitCode.RUN_DIR_IN_USE,
+    job.RunDirMismatchError: ExitCode.RUN_DIR_MISMATCH,
+    job.InputsChangedError: ExitCode.INPUTS_CHANGED,
+    job.DiskFullError: ExitCode.DISK_FULL,
+    job.PluginError: ExitCode.PLUGIN,
+    job.ModelTooLargeError: ExitCode.MODEL_TOO_LARGE,
+    job.WorkerFailedError: ExitCode.WORKER_FAILED,
+    job.OutputError: ExitCode.OUTPUT_FAILED,
+    job.DeviceMemoryError: ExitCode.OUT_OF_DEVICE_MEMORY,
+}
 
 
-class BadInputError(CliError):
-    """Not FASTA, duplicate ids, empty records, ..."""
-
-    exit_code = ExitCode.BAD_INPUT
-
-
-class WeightsUnavailableError(CliError):
-    exit_code = ExitCode.WEIGHTS_UNAVAILABLE
-
-
-class NoGpuError(CliError):
-    exit_code = ExitCode.NO_GPU
-
-
-class RunDirInUseError(CliError):
-    exit_code = ExitCode.RUN_DIR_IN_USE
-
-
-class RunDirMismatchError(CliError):
-    """The run directory holds a run of another configuration."""
-
-    exit_code = ExitCode.RUN_DIR_MISMATCH
-
-
-class InputsChangedError(CliError):
-    """``resume`` found inputs that differ from the ones the run started with."""
-
-    exit_code = ExitCode.INPUTS_CHANGED
-
-
-class DiskFullError(CliError):
-    exit_code = ExitCode.DISK_FULL
-
-
-class PluginError(CliError):
-    exit_code = ExitCode.PLUGIN
-
-
-class StoppedBySignal(CliError):
+class StoppedBySignal(job.JobError):
     """The run stopped cleanly at a batch boundary after SIGINT or SIGTERM."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
-        self.signum = signum
         self.exit_code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
 
 
-def translate(exc: BaseException) -> CliError | None:
-    """The :class:`CliError` a person should see for ``exc``; None if it is unexpected."""
-    if isinstance(exc, CliError):
+def exit_code_of(error: job.JobError) -> ExitCode:
+    if isinstance(error, StoppedBySignal):
+        return error.exit_code
+    kind = getattr(error, "kind", None)
+    if kind is not None:
+        # A torchrun rank repeats rank 0's failure under rank 0's exit code.
+        for error_type, code in EXIT_CODES.items():
+            if error_type.__name__ == kind:
+                return code
+    for error_type in type(error).__mro__:
+        if error_type in EXIT_CODES:
+            return EXIT_CODES[error_type]
+    return ExitCode.INTERNAL
+
+
+def as_known(exc: BaseException) -> job.JobError | None:
+    """The one-line error a person should see for ``exc``; None if it is unexpected."""
+    if isinstance(exc, job.JobError):
         return exc
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = f" while writing {exc.filename}" if exc.filename else ""
-        return DiskFullError(f"disk full{where}: free some space, then run `virnucpro resume`")
-    if isinstance(exc, FileNotFoundError):
-        return MissingInputError(f"file not found: {exc.filename or exc}")
+        return job.DiskFullError(f"disk full{where}: free some space, then run `virnucpro resume`")
     if isinstance(exc, KeyboardInterrupt):
         return StoppedBySignal(signal.SIGINT, "interrupted")
     return None

@@ -1,20 +1,11 @@
-"""The validated options of ``run`` and ``resume``: what the pipeline receives."""
+"""Parsing what a person types into the engine's values. The choices are the engine's
+(:mod:`virnucpro.infer.job.config`); so are the defaults the commands show."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
-from virnucpro.cli.gpus import ALL_GPUS, GpuSpec
-
-DEFAULT_MODEL = "esm2_t36_3B_UR50D"
-DEFAULT_MAX_LENGTH = 1022
-DEFAULT_CHECKPOINT_EVERY = 10_000
-DEFAULT_CHECKPOINT_INTERVAL = 300.0
-DEFAULT_CHUNK_SIZE = 300
-CHUNK_SIZES = (300, 500)
-AUTO = "auto"
+from virnucpro.infer.job.config import AUTO
 
 
 class InputType(str, Enum):
@@ -54,8 +45,10 @@ def parse_token_budget(text: str) -> int | None:
 def parse_layers(text: str) -> tuple[int, ...] | None:
     """Comma-separated fair-esm layer numbers (negative counts from the last); None = last."""
     cleaned = text.strip().lower()
-    if cleaned in ("", "last"):
+    if cleaned == "last":
         return None
+    if not cleaned:
+        raise ValueError("is empty: give layer numbers such as 33 or -1,-2, or 'last'")
     try:
         layers = tuple(int(part) for part in cleaned.split(","))
     except ValueError:
@@ -63,59 +56,3 @@ def parse_layers(text: str) -> tuple[int, ...] | None:
     if len(set(layers)) != len(layers):
         raise ValueError(f"a layer is given more than once in {text!r}")
     return layers
-
-
-def resolve_layers(layers: tuple[int, ...] | None, num_layers: int) -> tuple[int, ...]:
-    """Layers in fair-esm numbering (0 = embeddings, ``num_layers`` = last), sorted."""
-    if layers is None:
-        return (num_layers,)
-    resolved = []
-    for layer in layers:
-        number = layer + num_layers + 1 if layer < 0 else layer
-        if not 0 <= number <= num_layers:
-            raise ValueError(f"layer {layer} does not exist: the model has layers 0..{num_layers}")
-        resolved.append(number)
-    if len(set(resolved)) != len(resolved):
-        raise ValueError(f"layers {layers} name the same layer twice")
-    return tuple(sorted(resolved))
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where and how fast to run; may differ between a run and its resumption."""
-
-    device: Device = Device.auto
-    gpus: GpuSpec = ALL_GPUS
-    workers: int = 2
-    processes: int = 1
-    """CPU runs: worker processes through the multi-device queue (GPUs: one per GPU)."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Everything ``virnucpro run`` was asked to do."""
-
-    inputs: tuple[Path, ...]
-    run_dir: Path
-    model: str = DEFAULT_MODEL
-    random_weights: bool = False
-    seed: int = 0
-    input_type: InputType = InputType.protein
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    layers: tuple[int, ...] | None = None
-    pooling: tuple[Pooling, ...] = (Pooling.mean,)
-    precision: Precision = Precision.auto
-    token_budget: int | None = None
-    max_length: int = DEFAULT_MAX_LENGTH
-    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
-    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL
-    force: bool = False
-    placement: Placement = Placement()
-
-
-@dataclass(frozen=True)
-class ResumeOptions:
-    """``virnucpro resume``: the configuration comes from the run's manifest."""
-
-    run_dir: Path
-    placement: Placement = Placement()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
 Clock = Callable[[], float]
@@ -166,7 +166,7 @@ class RichProgress(ProgressDisplay):
         self._task_ids = {TOTAL: self._add_task(TOTAL)}
         self.bars.start()
 
-    def _add_task(self, key: str) -> int:
+    def _add_task(self, key: str) -> TaskID:
         meter = self.meters[key]
         return self.bars.add_task(key, total=meter.total, completed=meter.completed, meter=meter)
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from virnucpro.ckpt import CheckpointError, inspect_run, read_manifest
+from virnucpro.infer.job.errors import MissingInputError
+
 
 class RunState(str, Enum):
     running = "running"
@@ -39,6 +42,34 @@ class RunReport:
     checkpoints: tuple[CheckpointInfo, ...]
     verified: bool
     """True when every checksum was checked (``--verify``)."""
+
+
+def inspect_report(run_dir: Path, verify: bool) -> RunReport:
+    """The state of ``run_dir``; ``verify`` checks every checksum."""
+    try:
+        read_manifest(run_dir)
+    except CheckpointError as exc:
+        raise MissingInputError(str(exc)) from None
+    found = inspect_run(run_dir, verify=verify)
+    return RunReport(
+        run_dir=Path(found["run_dir"]),
+        state=RunState(found["state"]),
+        total_sequences=found["total_sequences"],
+        completed_sequences=found["completed_sequences"],
+        checkpoints=tuple(
+            CheckpointInfo(
+                path=Path(entry["path"]),
+                rank=entry["rank"] if entry["rank"] is not None else -1,
+                sequences=entry["sequences"],
+                valid=entry["valid"],
+                trigger=entry["trigger_reason"],
+                gpu_memory_bytes=entry["gpu_memory_peak_bytes"] or None,
+                problem=entry["problem"],
+            )
+            for entry in found["checkpoints"]
+        ),
+        verified=found["verified"],
+    )
 
 
 def report_json(report: RunReport) -> str:

@@ -2,38 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from virnucpro.cli.progress import format_duration
 
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a finished ``run`` or ``resume`` reports; speed counts this session only."""
-
-    sequences: int
-    """Sequences in the output."""
-    new_sequences: int
-    """Sequences embedded by this session (fewer than ``sequences`` after a resume)."""
-    tokens: int
-    """Tokens processed by this session."""
-    seconds: float
-    """Wall time of this session."""
-    output: Path
-    already_complete: bool = False
-    """``resume`` found nothing left to do."""
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+if TYPE_CHECKING:
+    from virnucpro.infer.job.engine import JobResult
 
 
-def summary_lines(summary: RunSummary) -> list[str]:
+def summary_lines(summary: JobResult) -> list[str]:
     if summary.already_complete:
-        return [f"already complete: {summary.sequences:,} sequences in {summary.output}"]
+        return [
+            f"already complete: {summary.sequences:,} sequences in {summary.output} "
+            "(to compute it again: virnucpro run ... --force)"
+        ]
     resumed = summary.sequences - summary.new_sequences
     done = f"{summary.sequences:,} sequences"
     if resumed:
@@ -46,6 +30,6 @@ def summary_lines(summary: RunSummary) -> list[str]:
     ]
 
 
-def print_summary(console: Console, summary: RunSummary) -> None:
+def print_summary(console: Console, summary: JobResult) -> None:
     for line in summary_lines(summary):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from virnucpro.cli.hookspecs import ENTRY_POINT_GROUP
-from virnucpro.cli.plugins import normalize
+from virnucpro.infer.plugins import normalize
 
 
 def installed_packages() -> list[tuple[str, str]]:

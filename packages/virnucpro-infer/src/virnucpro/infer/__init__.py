@@ -1,90 +1,84 @@
-"""Packed ESM-2 inference: forward, stream runner, GPU queue manager."""
+"""Packed ESM-2 inference and the job engine: ``embed``/``resume``, the packed forward,
+stream runner, GPU queue manager.
 
-from virnucpro.infer.attention import (
-    ATTENTION_BACKENDS,
-    PaddedSDPAAttention,
-    SequenceLoopAttention,
-    VarlenFlashAttention,
-    select_attention,
-)
-from virnucpro.infer.esm2_loading import fair_esm_cache_dir
-from virnucpro.infer.file_assignment import assign_files_by_size
-from virnucpro.infer.models import (
-    ESM2_ARCHITECTURES,
-    ESM2Architecture,
-    LoadedModel,
-    ModelInfo,
-    ModelLoadError,
-)
-from virnucpro.infer.packed import PackedESM2, resolve_layers
-from virnucpro.infer.pipeline import (
-    FINISHED,
-    STOPPED,
-    CheckpointPolicy,
-    RankOutcome,
-    embed_rank,
-)
-from virnucpro.infer.pooling import POOLINGS, pool_hidden_states
-from virnucpro.infer.queue_manager import (
-    BatchQueueManager,
-    QueueEvent,
-    QueueRunError,
-    WorkerStatus,
-    WorkUnit,
-    current_worker_slot,
-)
-from virnucpro.infer.registry import (
-    ESM2Backend,
-    ModelBackend,
-    ModelRegistry,
-    PackedForward,
-    default_registry,
-    load_model,
-)
-from virnucpro.infer.runner import (
-    AsyncInferenceRunner,
-    InferenceResult,
-    SequenceOutOfMemoryError,
-)
-from virnucpro.infer.work_units import cut_into_units, without_done
+Names load on first use, so importing a torch-free part (``virnucpro.infer.job.config``,
+the errors, the plugin hooks) does not import torch: the cli starts in milliseconds.
+"""
 
-__all__ = [
-    "ATTENTION_BACKENDS",
-    "ESM2_ARCHITECTURES",
-    "FINISHED",
-    "POOLINGS",
-    "STOPPED",
-    "AsyncInferenceRunner",
-    "BatchQueueManager",
-    "CheckpointPolicy",
-    "ESM2Architecture",
-    "ESM2Backend",
-    "InferenceResult",
-    "LoadedModel",
-    "ModelBackend",
-    "ModelInfo",
-    "ModelLoadError",
-    "ModelRegistry",
-    "PackedESM2",
-    "PackedForward",
-    "PaddedSDPAAttention",
-    "QueueEvent",
-    "QueueRunError",
-    "RankOutcome",
-    "SequenceLoopAttention",
-    "SequenceOutOfMemoryError",
-    "VarlenFlashAttention",
-    "WorkUnit",
-    "WorkerStatus",
-    "assign_files_by_size",
-    "current_worker_slot",
-    "cut_into_units",
-    "default_registry",
-    "embed_rank",
-    "fair_esm_cache_dir",
-    "load_model",
-    "pool_hidden_states",
-    "resolve_layers",
-    "select_attention",
-    "without_done",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "virnucpro.infer.api": ("embed", "resume"),
+    "virnucpro.infer.attention": (
+        "ATTENTION_BACKENDS",
+        "PaddedSDPAAttention",
+        "SequenceLoopAttention",
+        "VarlenFlashAttention",
+        "select_attention",
+    ),
+    "virnucpro.infer.esm2_loading": ("fair_esm_cache_dir",),
+    "virnucpro.infer.file_assignment": ("assign_files_by_size",),
+    "virnucpro.infer.hookspecs": ("hookimpl",),
+    "virnucpro.infer.job.config": ("Placement", "RunConfig"),
+    "virnucpro.infer.job.engine": ("JobResult", "resume_job", "run_job"),
+    "virnucpro.infer.job.errors": ("JobError", "RunStopped"),
+    "virnucpro.infer.models": (
+        "ESM2_ARCHITECTURES",
+        "ESM2Architecture",
+        "LoadedModel",
+        "ModelInfo",
+        "ModelLoadError",
+    ),
+    "virnucpro.infer.packed": ("PackedESM2", "resolve_layers"),
+    "virnucpro.infer.pipeline": (
+        "FINISHED",
+        "STOPPED",
+        "CheckpointPolicy",
+        "RankOutcome",
+        "embed_rank",
+    ),
+    "virnucpro.infer.plugins": ("PluginHost", "load_plugins"),
+    "virnucpro.infer.pooling": ("POOLINGS", "pool_hidden_states"),
+    "virnucpro.infer.queue_manager": (
+        "BatchQueueManager",
+        "QueueEvent",
+        "QueueRunError",
+        "WorkerStatus",
+        "WorkUnit",
+        "current_worker_slot",
+    ),
+    "virnucpro.infer.registry": (
+        "ESM2Backend",
+        "ModelBackend",
+        "ModelRegistry",
+        "PackedForward",
+        "default_registry",
+        "load_model",
+    ),
+    "virnucpro.infer.runner": (
+        "AsyncInferenceRunner",
+        "InferenceResult",
+        "SequenceOutOfMemoryError",
+    ),
+    "virnucpro.infer.work_units": ("cut_into_units", "without_done"),
+    "virnucpro.infer.writers": ("OutputWriter", "WriterRegistry"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'virnucpro.infer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,8 +1,9 @@
 """The model registry: which backend loads a model spec and runs its packed forward.
 
-A backend is a loader plus a packed forward. The CLI's plugin hooks register more
-backends; ESM-2 through fair-esm is built in. `resolve` asks the most recently
-registered backend first, so a plugin can take over specs a built-in also matches.
+A backend is a loader plus a packed forward. Plugins register more through the
+``virnucpro_register_models`` hook; ESM-2 through fair-esm is built in. `resolve` asks
+the most recently registered backend first, so a plugin can take over specs a built-in
+also matches.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ class ModelRegistry:
     @property
     def backends(self) -> tuple[ModelBackend, ...]:
         return tuple(self._backends)
+
+    def get(self, name: str) -> ModelBackend:
+        """The backend registered as ``name`` (a run records its backend's name)."""
+        for backend in self._backends:
+            if backend.name == name:
+                return backend
+        names = ", ".join(b.name for b in self._backends) or "none"
+        raise ModelLoadError(
+            f"the run's model backend {name!r} is not installed (registered: {names}); "
+            "install the plugin that provides it"
+        )
 
     def resolve(self, spec: str) -> ModelBackend:
         for backend in reversed(self._backends):

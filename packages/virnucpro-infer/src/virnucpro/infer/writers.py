@@ -1,7 +1,8 @@
-"""Output writers: each turns a finished run directory into one output file.
+"""Output writers: each turns a finished run's checkpoints into one output file.
 
-The built-in writer is HDF5 (``embeddings.h5``); plugins add others through the
-``virnucpro_register_writers`` hook.
+The engine picks one by the run's ``output_format``; the built-in writer is HDF5
+(``embeddings.h5``, read back with ``virnucpro.ckpt.open_embeddings``); plugins add
+others through the ``virnucpro_register_writers`` hook. Torch-free.
 """
 
 from __future__ import annotations
@@ -12,13 +13,22 @@ from typing import Protocol, runtime_checkable
 
 @runtime_checkable
 class OutputWriter(Protocol):
-    """Writes the merged result of a finished run."""
+    """Writes, and later recognises, the result of a finished run."""
 
     name: str
-    """Short name users pick the writer by, e.g. ``hdf5``."""
+    """Short name users pick the writer by (``--format``), e.g. ``hdf5``."""
+
+    def output_path(self, run_dir: Path) -> Path:
+        """Where :meth:`write` puts the result of the run in ``run_dir``."""
+        ...
 
     def write(self, run_dir: Path) -> Path:
         """Write the output of the finished run in ``run_dir``; return its path."""
+        ...
+
+    def check(self, run_dir: Path) -> str | None:
+        """None if the written output is complete and intact, else one line saying what
+        is wrong with it (the engine then writes it again from the checkpoints)."""
         ...
 
 
@@ -30,7 +40,10 @@ class WriterRegistry:
 
     def register(self, writer: OutputWriter) -> None:
         if not isinstance(writer, OutputWriter):
-            raise TypeError(f"{writer!r} is not an output writer (needs .name and .write())")
+            raise TypeError(
+                f"{writer!r} is not an output writer (needs .name, .output_path(), .write() "
+                "and .check())"
+            )
         if writer.name in self._writers:
             raise ValueError(f"an output writer named {writer.name!r} is already registered")
         self._writers[writer.name] = writer

@@ -1,0 +1,36 @@
+"""Built-in plugin: the HDF5 writer, whose ``embeddings.h5`` the ckpt reader opens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from virnucpro.ckpt import merge_checkpoints
+from virnucpro.infer.hookspecs import hookimpl
+from virnucpro.infer.writers import WriterRegistry
+
+MERGED_NAME = "embeddings.h5"
+
+
+class Hdf5Writer:
+    name = "hdf5"
+
+    def output_path(self, run_dir: Path) -> Path:
+        return Path(run_dir) / MERGED_NAME
+
+    def write(self, run_dir: Path) -> Path:
+        return merge_checkpoints(run_dir)
+
+    def check(self, run_dir: Path) -> str | None:
+        output = self.output_path(run_dir)
+        if not output.is_file():
+            return f"{output} is missing"
+        merged = output.stat().st_mtime
+        stamps = [p.stat().st_mtime for p in Path(run_dir, "checkpoints").glob("rank_*/*.h5")]
+        if stamps and merged < max(stamps):
+            return f"{output} is older than the checkpoints"
+        return None
+
+
+@hookimpl
+def virnucpro_register_writers(registry: WriterRegistry) -> None:
+    registry.register(Hdf5Writer())

@@ -1,0 +1,169 @@
+"""What a run computes and where it runs: the one place every default lives.
+
+:class:`RunConfig` is fixed when a run starts; ``resume`` reads it back from the
+manifest (``RunConfig.from_manifest``), so a resumed run computes exactly what the
+first session would have. :class:`Placement` (devices, processes, loader workers) may
+change between sessions. The Python API's keywords and the cli's options both take
+their defaults from here. Torch-free: the cli imports it for its option defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from virnucpro.infer.job.errors import ConfigError
+from virnucpro.infer.job.gpus import ALL_GPUS, GpuSpec, parse_gpu_spec
+
+DEFAULT_MODEL = "esm2_t36_3B_UR50D"
+AUTO = "auto"
+INPUT_TYPES = ("protein", "dna")
+CHUNK_SIZES = (300, 500)
+POOLINGS = ("mean", "bos", "per_token")
+PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
+DEVICES = (AUTO, "cpu", "cuda")
+DEFAULT_FORMAT = "hdf5"
+
+
+def pooling_name(name: str) -> str:
+    """Output name of a pooling: ``per-token`` (as typed) is stored as ``per_token``."""
+    return name.strip().lower().replace("-", "_")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything that decides a run's numbers, as asked (``auto`` and ``None`` are
+    resolved when the run starts and recorded in the manifest)."""
+
+    inputs: tuple[Path, ...]
+    model: str = DEFAULT_MODEL
+    """A fair-esm model name, a weights path, or any spec a model plugin understands."""
+    random_weights: bool = False
+    """Seeded random weights of the named architecture: tests and demos, not biology."""
+    seed: int = 0
+    input_type: str = "protein"
+    """``dna``: VirNucPro reads mode (six-frame translation of chunked reads)."""
+    chunk_size: int = 300
+    layers: tuple[int, ...] | None = None
+    """fair-esm layer numbers (0 = embeddings, negative from the last); None = last."""
+    pooling: tuple[str, ...] = ("mean",)
+    precision: str = AUTO
+    """``auto``: bf16 on GPUs that have it (fp16 on older ones), fp32 on the CPU."""
+    token_budget: int | None = None
+    """Tokens per packed batch; None = from free GPU memory (4096 on the CPU)."""
+    max_length: int = 1022
+    """Residues kept per sequence (fair-esm's limit); 0 = never truncate."""
+    checkpoint_every: int = 10_000
+    """Checkpoint after this many sequences ..."""
+    checkpoint_interval: float = 300.0
+    """... or after this many seconds, whichever comes first."""
+    output_format: str = DEFAULT_FORMAT
+    """The registered output writer that turns the checkpoints into the result."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(Path(p) for p in self.inputs))
+        object.__setattr__(
+            self, "pooling", tuple(dict.fromkeys(pooling_name(p) for p in self.pooling))
+        )
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+        _check(bool(self.inputs), "inputs", "no input file given")
+        _check(self.input_type in INPUT_TYPES, "input_type", f"one of {INPUT_TYPES}")
+        _check(self.chunk_size in CHUNK_SIZES, "chunk_size", f"one of {CHUNK_SIZES}")
+        _check(bool(self.pooling), "pooling", "at least one pooling")
+        unknown = [p for p in self.pooling if p not in POOLINGS]
+        _check(not unknown, "pooling", f"{unknown} not among {POOLINGS}")
+        _check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        _check(
+            self.token_budget is None or self.token_budget >= 1,
+            "token_budget",
+            "a positive number of tokens or None (auto)",
+        )
+        _check(self.max_length >= 0, "max_length", "0 (never truncate) or more")
+        _check(self.checkpoint_every >= 1, "checkpoint_every", "at least 1")
+        _check(self.checkpoint_interval > 0, "checkpoint_interval", "more than 0 seconds")
+        if self.layers is not None:
+            _check(bool(self.layers), "layers", "at least one layer, or None for the last")
+            _check(len(set(self.layers)) == len(self.layers), "layers", "no layer twice")
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> RunConfig:
+        """The configuration a manifest records, with its ``auto`` values resolved."""
+        try:
+            return cls(
+                inputs=tuple(Path(p) for p in manifest["inputs"]),
+                model=manifest["model"],
+                random_weights=bool(manifest["random_weights"]),
+                seed=int(manifest["seed"] or 0),
+                input_type=manifest["input_type"],
+                chunk_size=int(manifest["chunk_size"]),
+                layers=tuple(int(layer) for layer in manifest["layers"]),
+                pooling=tuple(manifest["pooling"]),
+                precision=manifest["precision"],
+                token_budget=None
+                if manifest.get("token_budget_auto")
+                else int(manifest["token_budget"]),
+                max_length=int(manifest["max_length"]),
+                checkpoint_every=int(manifest["checkpoint_every"]),
+                checkpoint_interval=float(manifest["checkpoint_interval"]),
+                output_format=manifest.get("output_format", DEFAULT_FORMAT),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"the run's manifest is incomplete or damaged ({exc})") from None
+
+
+def _check(ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: expected {expected}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Placement:
+    """Where and how a session runs; a resumed run may choose differently."""
+
+    device: str = AUTO
+    """``auto``: every selected GPU if there is one, else the CPU."""
+    gpus: GpuSpec = field(default=ALL_GPUS)
+    """Physical GPU ids as nvidia-smi shows them, or all."""
+    processes: int = 1
+    """CPU runs: worker processes through the same queue as several GPUs."""
+    workers: int = 2
+    """Data loader processes of a single-device run or a torchrun rank (0: none)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gpus, GpuSpec):
+            spec = self.gpus
+            text = spec if isinstance(spec, str) else ",".join(str(g) for g in spec)
+            try:
+                object.__setattr__(self, "gpus", parse_gpu_spec(text))
+            except ValueError as exc:
+                raise ConfigError(f"gpus: {exc}") from None
+        _check(self.device in DEVICES, "device", f"one of {DEVICES}")
+        _check(self.processes >= 1, "processes", "at least 1")
+        _check(self.workers >= 0, "workers", "0 or more")
+        if not self.gpus.all and self.device == "cpu":
+            raise ConfigError("gpus: cannot select GPUs with device cpu")
+
+
+def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
+    """Layers in fair-esm numbering (0 = embeddings, ``num_layers`` = last), sorted."""
+    if layers is None:
+        return (num_layers,)
+    resolved = []
+    for layer in layers:
+        number = layer + num_layers + 1 if layer < 0 else layer
+        if not 0 <= number <= num_layers:
+            raise ConfigError(
+                f"layers: layer {layer} does not exist (the model has layers 0..{num_layers})"
+            )
+        resolved.append(number)
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError(f"layers: {tuple(layers)} name the same layer twice")
+    return tuple(sorted(resolved))
+
+
+def config_fields() -> tuple[str, ...]:
+    """The names of :class:`RunConfig`'s fields: the keywords of ``embed``."""
+    return tuple(f.name for f in fields(RunConfig))

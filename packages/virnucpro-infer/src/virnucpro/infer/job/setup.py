@@ -1,0 +1,279 @@
+"""Setting a session up, in the one process that holds the run lock (the lead).
+
+``run`` claims the directory, indexes the inputs, describes the model (its checksum is
+read here, once), resolves ``auto`` and writes the manifest; ``resume`` reads the
+manifest back and checks that inputs and weights did not change. Both then find what
+valid checkpoints hold (damaged files are quarantined, and each is said). What every
+other process needs travels as a :class:`Shared`: small and picklable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from virnucpro.ckpt import CheckpointError, read_manifest, resume_from_checkpoints, write_manifest
+from virnucpro.data import SequenceIndex, build_index
+from virnucpro.infer.job.config import RunConfig, resolve_layers
+from virnucpro.infer.job.devices import Target, resolve_precision, resolve_token_budget
+from virnucpro.infer.job.errors import (
+    ConfigError,
+    InputsChangedError,
+    MissingInputError,
+    RunDirMismatchError,
+)
+from virnucpro.infer.job.manifest import (
+    RunManifest,
+    describe_input_change,
+    model_spec,
+    package_versions,
+)
+from virnucpro.infer.job.reporting import Reporter
+from virnucpro.infer.job.rundir import move_old_run_aside, used_entries
+from virnucpro.infer.models import ModelInfo
+from virnucpro.infer.plugins import PluginHost
+
+SPOOL_DIR = "spool"
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What the lead found, for every process of the session."""
+
+    manifest: RunManifest
+    model: ModelInfo | None
+    """None when nothing is left to embed (the model is not even described)."""
+    done: np.ndarray
+    """Input indices valid checkpoints hold."""
+    done_by_rank: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == self.manifest.num_sequences
+
+
+@dataclass
+class Session:
+    """A process's view of the session: the shared facts plus its own input index."""
+
+    run_dir: Path
+    shared: Shared
+    index: SequenceIndex
+
+    @property
+    def manifest(self) -> RunManifest:
+        return self.shared.manifest
+
+
+def set_up_run(
+    config: RunConfig,
+    run_dir: Path,
+    target: Target,
+    plugins: PluginHost,
+    reporter: Reporter,
+    force: bool,
+) -> Session:
+    """Claim ``run_dir`` (``force``: move an old run beside it), index, describe the
+    model, write the manifest."""
+    stored = _claim(run_dir, config, force, reporter)
+    if stored is not None:
+        return _resume_stored(run_dir, stored, target, plugins, reporter)
+    _check_format(config.output_format, plugins)
+    index = build_index(config.inputs, config.input_type, config.chunk_size, run_dir / SPOOL_DIR)
+    model = _describe(plugins, config.model, config.random_weights, config.seed)
+    layers = resolve_layers(config.layers, model.num_layers)
+    precision = resolve_precision(config.precision, target.device)
+    manifest = RunManifest(
+        inputs=[str(Path(path).resolve()) for path in index.files],
+        input_sizes=[Path(path).stat().st_size for path in index.files],
+        input_fingerprint=index.fingerprint,
+        input_type=index.input_type,
+        chunk_size=index.chunk_size,
+        num_sequences=len(index),
+        model=model_spec(config.model),
+        model_source=model.source,
+        model_backend=model.backend,
+        model_checksum=model.checksum,
+        random_weights=model.random_weights,
+        seed=model.seed,
+        num_layers=model.num_layers,
+        embed_dim=model.embed_dim,
+        layers=list(layers),
+        pooling=list(config.pooling),
+        precision=precision,
+        token_budget=resolve_token_budget(
+            config.token_budget, target.device, model, len(layers), precision, config.max_length
+        ),
+        token_budget_auto=config.token_budget is None,
+        max_length=config.max_length,
+        checkpoint_every=config.checkpoint_every,
+        checkpoint_interval=config.checkpoint_interval,
+        output_format=config.output_format,
+        versions=package_versions(),
+    )
+    write_manifest(run_dir, manifest.to_dict())
+    return Session(run_dir, _scan(run_dir, manifest, model, reporter), index)
+
+
+def set_up_resume(
+    run_dir: Path, target: Target, plugins: PluginHost, reporter: Reporter
+) -> Session:
+    """The stored run, its inputs checked, what is done, and (unless nothing is left)
+    its model described and checked against the recorded checksum."""
+    return _resume_stored(run_dir, read_run_manifest(run_dir), target, plugins, reporter)
+
+
+def read_run_manifest(run_dir: Path) -> RunManifest:
+    try:
+        return RunManifest.from_dict(read_manifest(run_dir))
+    except CheckpointError as exc:
+        raise MissingInputError(str(exc)) from None
+
+
+def join_session(run_dir: Path, shared: Shared) -> Session:
+    """A torchrun rank other than 0: the same inputs, checked by fingerprint. Gzip inputs
+    are spooled to a temporary folder of its own (rank 0 owns the run's spool)."""
+    manifest = shared.manifest
+    index = build_index(manifest.inputs, manifest.input_type, manifest.chunk_size)
+    change = describe_input_change(manifest, index.fingerprint, len(index))
+    if change is not None:
+        raise InputsChangedError(f"this rank sees other inputs than rank 0: {change}")
+    return Session(run_dir, shared, index)
+
+
+def _resume_stored(
+    run_dir: Path,
+    stored: RunManifest,
+    target: Target,
+    plugins: PluginHost,
+    reporter: Reporter,
+) -> Session:
+    index = _rebuild_index(run_dir, stored)
+    shared = _scan(run_dir, stored, None, reporter)
+    if shared.complete:
+        return Session(run_dir, shared, index)
+    model = _describe(plugins, stored.model, stored.random_weights, stored.seed or 0)
+    if model.checksum != stored.model_checksum:
+        raise RunDirMismatchError(
+            f"the weights of {stored.model} changed since the run started "
+            f"(sha256 {stored.model_checksum} -> {model.checksum}); "
+            "restore them, or start over with `virnucpro run ... --force`"
+        )
+    manifest = stored
+    if stored.token_budget_auto:
+        manifest = stored.with_token_budget(
+            resolve_token_budget(
+                None, target.device, model, len(stored.layers), stored.precision, stored.max_length
+            )
+        )
+    return Session(run_dir, Shared(manifest, model, shared.done, shared.done_by_rank), index)
+
+
+def _describe(plugins: PluginHost, spec: str, random_weights: bool, seed: int) -> ModelInfo:
+    backend = plugins.model_registry().resolve(spec)
+    return backend.describe(spec, random_weights=random_weights, seed=seed)
+
+
+def _check_format(name: str, plugins: PluginHost) -> None:
+    known = plugins.writers().names()
+    if name not in known:
+        raise ConfigError(
+            f"output format {name!r} is not registered (registered: {', '.join(known) or 'none'})"
+        )
+
+
+def _scan(
+    run_dir: Path, manifest: RunManifest, model: ModelInfo | None, reporter: Reporter
+) -> Shared:
+    """What valid checkpoints hold; every file set aside is said in one line."""
+    found = resume_from_checkpoints(run_dir, manifest.to_dict(), quarantine=True)
+    for moved in found.quarantined:
+        reporter.say(f"quarantined {moved.source}: {moved.reason}")
+    by_rank: dict[int, int] = {}
+    for info in found.checkpoints:
+        if info.rank is not None:
+            by_rank[info.rank] = by_rank.get(info.rank, 0) + info.num_sequences
+    return Shared(manifest, model, found.done_indices, by_rank)
+
+
+def _rebuild_index(run_dir: Path, stored: RunManifest) -> SequenceIndex:
+    """The index of the run's own inputs; refuse inputs that changed, saying how."""
+    missing = [path for path in stored.inputs if not Path(path).is_file()]
+    if missing:
+        raise MissingInputError(
+            f"input of the run not found: {', '.join(missing)}; restore it to resume"
+        )
+    index = build_index(stored.inputs, stored.input_type, stored.chunk_size, run_dir / SPOOL_DIR)
+    change = describe_input_change(stored, index.fingerprint, len(index))
+    if change is not None:
+        raise InputsChangedError(change)
+    return index
+
+
+def _claim(run_dir: Path, config: RunConfig, force: bool, reporter: Reporter) -> RunManifest | None:
+    """None: ``run_dir`` is free (or freed by ``force``). The stored manifest: it holds
+    this very run, which then continues like ``resume`` (complete: it says so)."""
+    used = used_entries(run_dir)
+    if not used:
+        return None
+    if force:
+        moved = move_old_run_aside(run_dir)
+        reporter.say(f"--force: the previous run in {run_dir} was moved to {moved}")
+        return None
+    try:
+        stored = RunManifest.from_dict(read_manifest(run_dir))
+    except (CheckpointError, ConfigError):
+        stored = None
+    differences = _differences(config, stored) if stored is not None else ["no readable manifest"]
+    if differences:
+        raise RunDirMismatchError(
+            f"{run_dir} already holds another run ({'; '.join(differences)}): "
+            f"continue it with `virnucpro resume {run_dir}`, choose another output "
+            "directory, or start over with --force"
+        )
+    done = resume_from_checkpoints(
+        run_dir, stored.to_dict(), quarantine=False, verify_checksum=False
+    )
+    if done.num_left:
+        raise RunDirMismatchError(
+            f"{run_dir} holds this run, stopped at {done.num_done:,}/{stored.num_sequences:,} "
+            f"sequences: continue it with `virnucpro resume {run_dir}`, or start over with --force"
+        )
+    return stored
+
+
+def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
+    """What this command asks that the stored run did not compute (``auto`` matches)."""
+    asked: dict[str, Any] = {
+        "inputs": [str(Path(p).resolve()) for p in config.inputs],
+        "model": model_spec(config.model),
+        "random weights": config.random_weights,
+        "input type": config.input_type,
+        "pooling": list(config.pooling),
+        "max length": config.max_length,
+        "output format": config.output_format,
+    }
+    have: dict[str, Any] = {
+        "inputs": stored.inputs,
+        "model": stored.model,
+        "random weights": stored.random_weights,
+        "input type": stored.input_type,
+        "pooling": stored.pooling,
+        "max length": stored.max_length,
+        "output format": stored.output_format,
+    }
+    if config.random_weights:
+        asked["seed"], have["seed"] = config.seed, stored.seed
+    if config.input_type == "dna":
+        asked["chunk size"], have["chunk size"] = config.chunk_size, stored.chunk_size
+    if config.precision != "auto":
+        asked["precision"], have["precision"] = config.precision, stored.precision
+    try:
+        asked["layers"] = list(resolve_layers(config.layers, stored.num_layers))
+    except ConfigError:
+        asked["layers"] = list(config.layers or ())
+    have["layers"] = stored.layers
+    return [f"{key} {have[key]!r} -> {asked[key]!r}" for key in asked if asked[key] != have[key]]
