@@ -1,0 +1,173 @@
+"""The Python API: embed() and resume() through the real engine, read back with the ckpt
+reader, equal to fair-esm's own forward; usable with no cli installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import esm
+import numpy as np
+import pytest
+import torch
+
+from virnucpro.ckpt import open_embeddings
+from virnucpro.infer import RunStopped, embed, load_model, resume
+from virnucpro.infer.job.errors import BadInputError, RunDirMismatchError
+from virnucpro.infer.job.reporting import LoggingReporter
+
+MODEL = "esm2_t6_8M_UR50D"
+SEED = 5
+AMINO = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+TINY = {"model": MODEL, "random_weights": True, "seed": SEED, "device": "cpu", "workers": 0}
+
+
+def write_proteins(path: Path, count: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    records = [
+        f">p{i}\n{AMINO[rng.integers(0, 20, int(rng.integers(8, 60)))].tobytes().decode()}\n"
+        for i in range(count)
+    ]
+    path.write_text("".join(records))
+    return path
+
+
+def fair_esm_means(path: Path, layer: int) -> dict[str, np.ndarray]:
+    model = load_model(MODEL, random_weights=True, seed=SEED).model
+    converter = esm.data.Alphabet.from_architecture("ESM-1b").get_batch_converter()
+    means = {}
+    for record in path.read_text().split(">")[1:]:
+        name, residues = record.split("\n")[:2]
+        _, _, tokens = converter([(name, residues)])
+        with torch.no_grad():
+            hidden = model(tokens, repr_layers=[layer])["representations"][layer][0]
+        means[name] = hidden[1 : len(residues) + 1].mean(0).numpy()
+    return means
+
+
+@pytest.fixture(scope="module")
+def proteins(tmp_path_factory) -> Path:
+    return write_proteins(tmp_path_factory.mktemp("api") / "proteins.fasta", 12, 3)
+
+
+def test_embed_equals_fair_esm_and_reads_back(proteins, tmp_path):
+    output = embed(proteins, tmp_path / "run", layers=[3, -1], token_budget=200, **TINY)
+    assert output == (tmp_path / "run" / "embeddings.h5").resolve()
+    expected_last = fair_esm_means(proteins, 6)
+    expected_mid = fair_esm_means(proteins, 3)
+    with open_embeddings(tmp_path / "run") as result:
+        assert list(result.ids) == [f"p{i}" for i in range(12)]
+        assert tuple(result.layers) == (3, 6)
+        for name, vector in expected_last.items():
+            np.testing.assert_allclose(result[name], vector, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(
+                result.get(name, layer=3), expected_mid[name], rtol=0, atol=1e-5
+            )
+        assert result.config["model"] == MODEL
+        assert result.config["layers"] == [3, 6]
+
+
+def test_stop_then_resume_equals_an_uninterrupted_run(proteins, tmp_path):
+    whole = embed(proteins, tmp_path / "whole", token_budget=120, **TINY)
+    asked = iter([False, False, True])
+    with pytest.raises(RunStopped, match="virnucpro resume"):
+        embed(
+            proteins,
+            tmp_path / "parts",
+            token_budget=120,
+            checkpoint_every=1,
+            should_stop=lambda: next(asked, True),
+            **TINY,
+        )
+    assert not (tmp_path / "parts" / "embeddings.h5").exists()
+    resumed = resume(tmp_path / "parts", device="cpu", workers=0)
+    with open_embeddings(whole) as a, open_embeddings(resumed) as b:
+        assert a.ids == b.ids
+        np.testing.assert_array_equal(a.mean(), b.mean())
+
+
+def test_weights_are_hashed_once_per_run(monkeypatch, tmp_path, proteins):
+    from virnucpro.infer import esm2_loading
+
+    weights = tmp_path / "esm2_small.pt"
+    model = load_model(MODEL, random_weights=True, seed=SEED).model
+    from argparse import Namespace
+
+    torch.save(
+        {
+            "cfg": {
+                "model": Namespace(
+                    encoder_layers=6,
+                    encoder_embed_dim=320,
+                    encoder_attention_heads=20,
+                    token_dropout=True,
+                )
+            },
+            "model": {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items()},
+        },
+        weights,
+    )
+    calls = []
+    real = esm2_loading.sha256_of_file
+    monkeypatch.setattr(
+        esm2_loading, "sha256_of_file", lambda path: calls.append(path) or real(path)
+    )
+    embed(proteins, tmp_path / "run", model=str(weights), device="cpu", workers=0)
+    assert calls == [weights]
+
+
+def test_errors_are_typed_and_leave_nothing_behind(tmp_path):
+    bad = tmp_path / "bad.fasta"
+    bad.write_text("not fasta at all\n")
+    with pytest.raises(BadInputError) as caught:
+        embed(bad, tmp_path / "run", **TINY)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_another_run_in_the_directory_is_refused_naming_the_difference(proteins, tmp_path):
+    embed(proteins, tmp_path / "run", **TINY)
+    again = embed(proteins, tmp_path / "run", **TINY)
+    assert again.is_file()
+    with pytest.raises(RunDirMismatchError, match=r"seed 5 -> 6"):
+        embed(proteins, tmp_path / "run", **{**TINY, "seed": 6})
+
+
+def test_notices_reach_the_logger(proteins, tmp_path, caplog):
+    embed(proteins, tmp_path / "run", **TINY)
+    embed(proteins, tmp_path / "run", force=True, **TINY)
+    assert any("--force" in r.getMessage() for r in caplog.records if r.name == "virnucpro")
+    assert LoggingReporter.logger.name == "virnucpro"
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(moved) == 1 and (moved[0] / "embeddings.h5").is_file()
+
+
+def test_api_works_without_the_cli(proteins, tmp_path):
+    """data, ckpt and infer alone: the cli, typer and rich cannot be imported (the nox
+    session of infer installs no cli at all; here its plugin is blocked too)."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("typer", "rich") or name.startswith("virnucpro.cli"):
+                    raise ImportError(f"{{name}} is not installed here")
+
+        sys.meta_path.insert(0, Refuse())
+        from virnucpro.infer import embed
+        from virnucpro.ckpt import open_embeddings
+        path = embed({str(proteins)!r}, {str(tmp_path / "run")!r}, **{TINY!r})
+        with open_embeddings(path) as result:
+            print(len(result), result.mean().shape)
+        """
+    )
+    env = {**os.environ, "VIRNUCPRO_PLUGINS_BLOCK": "virnucpro-cli"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["12", "(12,", "320)"]
