@@ -53,7 +53,7 @@ def ckpt(session: nox.Session) -> None:
 @nox.session
 def infer(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install(DATA, CKPT, INFER, *TEST_TOOLS)
+    session.install(DATA, CKPT, INFER, *TEST_TOOLS, "transformers>=5.0")
     _pytest(session, "tests/infer")
 
 
