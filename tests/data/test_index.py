@@ -1,6 +1,7 @@
 """The index pass: formats, normalisation, locations, fingerprint, and every input error."""
 
 import gzip
+import pickle
 import re
 
 import numpy as np
@@ -171,3 +172,23 @@ def test_bad_arguments(write_fasta):
 def test_reads_without_any_protein(write_fasta):
     path = write_fasta([("r", "NNNNNNNNNNNN")])
     assert "no read gives a protein" in one_line_error(lambda: build_index(path, "dna", 300))
+
+
+def test_protein_provenance_is_one_record_per_sequence(write_fasta):
+    index = build_index(write_fasta([("a", "MK"), ("b", "LLL")]))
+    assert index.read_ids == ["a", "b"]
+    assert index.read_index.tolist() == [0, 1]
+    assert index.chunk.tolist() == [0, 0]
+    assert index.frame.tolist() == [-1, -1]
+    assert (index.chunks, index.chunks_without_protein) == (0, 0)
+    assert index.ids_of([1, 0]) == ["b", "a"]
+
+
+def test_index_pickles_with_everything(write_fasta):
+    path = write_fasta([("r1", "ATGGCCAAA" * 40), ("r2", "NNNNNNNNN"), ("r3", "GGCATT" * 3)])
+    index = build_index(path, "dna", 300)
+    assert index.ids[:1] == ["r1_chunk_1F1"]
+    copy = pickle.loads(pickle.dumps(index))
+    assert copy.ids == index.ids
+    assert copy.read_many(range(len(copy))) == index.read_many(range(len(index)))
+    assert copy.chunks_without_protein == index.chunks_without_protein == 1

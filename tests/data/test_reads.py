@@ -2,15 +2,27 @@
 
 The reference below transcribes VirNucPro's units.py (split_fasta_chunk, translate_dna,
 identify_seq; https://github.com/Li-Jing-1997/VirNucPro) with Biopython records, as there.
+The per-chunk functions of `virnucpro.data.reads` are held to it, and the vectorised path of
+`virnucpro.data.six_frames` (what the index and the loaders run) to both.
 """
 
+import numpy as np
+import pytest
 from Bio.Data.CodonTable import standard_dna_table
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virnucpro.data import build_index, chunk_starts, kept_frames, translate_frame
+from virnucpro.data import (
+    FRAME_LABELS,
+    InputError,
+    build_index,
+    chunk_starts,
+    kept_frames,
+    translate_frame,
+)
+from virnucpro.data.six_frames import MAX_CHUNK_SIZE, chunk_table, frame_table, translate_chunks
 
 CODONS = dict(standard_dna_table.forward_table)
 CODONS.update(dict.fromkeys(standard_dna_table.stop_codons, "*"))
@@ -108,3 +120,107 @@ def test_index_of_reads_equals_virnucpro(write_fasta, sequences, chunk_size, low
     assert index.ids == [name for name, _ in expected]
     assert index.read_many(range(len(index))) == [p.encode() for _, p in expected]
     assert index.lengths.tolist() == [len(p) for _, p in expected]
+
+
+def test_translation_of_acgt_chunks_equals_biopython():
+    chunk = "ATGGCCATTGTAATGGGCCGCTGAAAGGGTGCCCGATAG" * 3 + "AC"
+    for frame in range(6):
+        strand = Seq(chunk) if frame < 3 else Seq(chunk).reverse_complement()
+        offset = frame % 3
+        codons = strand[offset : offset + 3 * ((len(chunk) - offset) // 3)]
+        assert translate_frame(chunk.encode(), frame) == str(codons.translate()).encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 1300), min_size=1, max_size=8), st.integers(3, 700))
+def test_chunk_table_equals_chunk_starts(read_lengths, chunk_size):
+    read, number, start, length = chunk_table(np.array(read_lengths), chunk_size)
+    expected = [
+        (r, k, s, min(chunk_size, n - s))
+        for r, n in enumerate(read_lengths)
+        for k, s in enumerate(chunk_starts(n, chunk_size), 1)
+    ]
+    assert (
+        list(zip(read.tolist(), number.tolist(), start.tolist(), length.tolist(), strict=True))
+        == expected
+    )
+
+
+dna = st.text(alphabet="ACGTACGTACGTacgtNnRY-", min_size=1, max_size=900)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(dna, min_size=1, max_size=8), st.sampled_from([3, 4, 5, 30, 300]))
+def test_vectorised_frames_equal_the_per_chunk_reference(sequences, chunk_size):
+    """frame_table and translate_chunks over one buffer equal kept_frames and translate_frame
+    chunk by chunk."""
+    reads = [s.upper().encode() for s in sequences]
+    read, _, start, length = chunk_table(np.array([len(r) for r in reads]), chunk_size)
+    read_starts = np.cumsum([len(r) for r in reads]) - [len(r) for r in reads]
+    bases = np.frombuffer(b"".join(reads), dtype=np.uint8)
+    where = read_starts[read] + start
+    residues, kept = frame_table(bases, where, length)
+    chunks = [
+        reads[r][s : s + chunk_size] for r, s in zip(read.tolist(), start.tolist(), strict=True)
+    ]
+    expected = [[protein for frame, protein in kept_frames(chunk)] for chunk in chunks]
+    rows, frames = np.nonzero(kept)
+    blob, lengths = translate_chunks(bases, where[rows], length[rows], frames)
+    assert lengths.tolist() == residues[kept].tolist()
+    got: list[list[bytes]] = [[] for _ in chunks]
+    ends = np.cumsum(lengths).tolist()
+    for row, end, n in zip(rows.tolist(), ends, lengths.tolist(), strict=True):
+        got[row].append(blob[end - n : end])
+    assert got == expected
+    every = np.repeat(np.arange(len(chunks)), 6)
+    frame_of = np.tile(np.arange(6), len(chunks))
+    blob, lengths = translate_chunks(bases, where[every], length[every], frame_of)
+    ends = np.cumsum(lengths).tolist()
+    assert [blob[end - n : end] for end, n in zip(ends, lengths.tolist(), strict=True)] == [
+        translate_frame(chunks[c], f)
+        for c, f in zip(every.tolist(), frame_of.tolist(), strict=True)
+    ]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(dna, min_size=1, max_size=6), st.sampled_from([4, 300]), st.randoms())
+def test_provenance_and_reads_in_any_order(write_fasta, sequences, chunk_size, shuffler):
+    """read_index/chunk/frame name each protein's read, chunk and frame; read_many returns
+    any subset in the order asked, a read's frames translated together or apart."""
+    records = [(f"r{i}", s) for i, s in enumerate(sequences)]
+    expected = []
+    empty = 0
+    chunks = 0
+    for r, (_, sequence) in enumerate(records):
+        bases = sequence.upper().encode()
+        for k, s in enumerate(chunk_starts(len(bases), chunk_size), 1):
+            kept = kept_frames(bases[s : s + chunk_size])
+            chunks += 1
+            empty += not kept
+            expected += [(r, k, frame, protein) for frame, protein in kept]
+    if not expected:
+        return
+    index = build_index(write_fasta(records, wrap=7), "dna", chunk_size)
+    assert index.read_ids == [name for name, _ in records]
+    assert index.read_index.tolist() == [e[0] for e in expected]
+    assert index.chunk.tolist() == [e[1] for e in expected]
+    assert index.frame.tolist() == [e[2] for e in expected]
+    assert (index.chunks, index.chunks_without_protein) == (chunks, empty)
+    assert index.ids == [
+        f"{index.read_ids[r]}_chunk_{k}{FRAME_LABELS[f]}" for r, k, f, _ in expected
+    ]
+    order = list(range(len(index)))
+    shuffler.shuffle(order)
+    subset = order[: max(1, len(order) // 2)]
+    assert index.read_many(subset) == [expected[i][3] for i in subset]
+    assert index.ids_of(subset) == [index.ids[i] for i in subset]
+    assert [index.read(i) for i in subset] == [expected[i][3] for i in subset]
+    assert index.nonstandard.tolist() == [0] * len(index)
+
+
+def test_chunk_size_bounds(write_fasta):
+    path = write_fasta([("r", "ACGT" * 10)])
+    with pytest.raises(InputError, match="at most"):
+        build_index(path, "dna", MAX_CHUNK_SIZE + 1)

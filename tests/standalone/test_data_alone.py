@@ -53,3 +53,22 @@ def test_fasta_streams_into_packed_batches(tmp_path):
             assert batch["input_ids"][cu[k] : cu[k + 1]].tolist() == expected
             seen.append(i)
     assert sorted(seen) == list(range(len(sequences)))
+
+
+def test_dna_reads_stream_into_packed_batches(tmp_path):
+    codons = b"ATGGCCAAAGGCTTTCTGCAGATCCGC"
+    reads = {f"r{i}": codons[i % 9 :] * (3 + i % 17) for i in range(40)}
+    path = tmp_path / "reads.fa"
+    path.write_text("".join(f">{name}\n{bases.decode()}\n" for name, bases in reads.items()))
+    index = build_index([path], input_type="dna", chunk_size=300)
+    assert set(index.read_ids) == set(reads)
+    batches = plan_batches(index.lengths, token_budget=512)
+    loader = create_async_dataloader(
+        PackedBatchDataset(index, batches), batch_size=None, num_workers=2, prefetch_factor=2
+    )
+    seen = []
+    for batch in loader:
+        for name, i in zip(batch["sequence_ids"], batch["indices"].tolist(), strict=True):
+            assert name == index.id(i)
+            seen.append(i)
+    assert sorted(seen) == list(range(len(index)))

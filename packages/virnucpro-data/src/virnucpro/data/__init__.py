@@ -14,6 +14,7 @@ from virnucpro.data.datasets import (
 )
 from virnucpro.data.errors import InputError
 from virnucpro.data.index import SequenceIndex, build_index
+from virnucpro.data.nonstandard import NonstandardSummary
 from virnucpro.data.packed_batch import pack_residues
 from virnucpro.data.packing import (
     batch_tokens,
@@ -22,7 +23,7 @@ from virnucpro.data.packing import (
     sequence_costs,
     split_for_rank,
 )
-from virnucpro.data.reads import chunk_starts, kept_frames, translate_frame
+from virnucpro.data.reads import FRAME_LABELS, chunk_starts, kept_frames, translate_frame
 from virnucpro.data.tokenizer import (
     BOS_IDX,
     EOS_IDX,
@@ -32,15 +33,18 @@ from virnucpro.data.tokenizer import (
     UNK_IDX,
     tokenize,
 )
+from virnucpro.data.windows import window_counts, window_spans
 
 __all__ = [
     "BOS_IDX",
     "EOS_IDX",
     "ESM1B_TOKENS",
+    "FRAME_LABELS",
     "MASK_IDX",
     "PAD_IDX",
     "UNK_IDX",
     "InputError",
+    "NonstandardSummary",
     "PackedBatchDataset",
     "SequenceDataset",
     "SequenceIndex",
@@ -61,4 +65,6 @@ __all__ = [
     "split_for_rank",
     "tokenize",
     "translate_frame",
+    "window_counts",
+    "window_spans",
 ]
