@@ -27,8 +27,23 @@ def test_units_hold_every_batch_once_in_plan_order(batches, devices, minimum):
     assert all(a is b for a, b in zip(flat, batches, strict=True))
     assert [u.unit_id for u in units] == list(range(len(units)))
     assert all(u.num_sequences == sum(len(b) for b in u.payload) for u in units)
-    target = max(minimum, -(-len(ids) // (8 * devices)))
-    assert all(u.num_sequences >= target for u in units[:-1])
+    floor = max(minimum, -(-len(ids) // (8 * devices * 4)))
+    assert all(u.num_sequences >= floor for u in units[:-1])
+    handed = 0
+    for unit in units[:-1]:
+        # Each unit closes at the first batch that reaches its share of what is left.
+        share = max(floor, -(-(len(ids) - handed) // (8 * devices)))
+        assert unit.num_sequences - len(unit.payload[-1]) < share <= unit.num_sequences
+        handed += unit.num_sequences
+
+
+def test_units_shrink_towards_the_end():
+    batches = [np.arange(i * 10, i * 10 + 10) for i in range(2000)]
+    units = cut_into_units(batches, [f"s{i}" for i in range(20_000)], 2)
+    sizes = [u.num_sequences for u in units]
+    assert all(a >= b for a, b in zip(sizes[:-2], sizes[1:-1], strict=True))
+    assert sizes[0] == 1250 and min(sizes[:-1]) >= 1250 // 4
+    assert 16 < len(units) < 16 * 3
 
 
 @settings(max_examples=40, deadline=None)
