@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from virnucpro.infer import ESM2Backend, ModelLoadError
@@ -75,6 +77,23 @@ def test_local_folder_equals_transformers(hf_folder, packed_input, reference):
     assert info.checksum == hashlib.sha256(weights).hexdigest()
     assert not info.random_weights and info.seed is None
     means = embed(str(hf_folder), packed_input)
+    torch.testing.assert_close(means, reference, rtol=0, atol=1e-5)
+
+
+RESIDUES = st.lists(
+    st.sampled_from([*"ACDEFGHIKLMNPQRSTVWYXBUZO", "<mask>"]), min_size=1, max_size=30
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.lists(RESIDUES, min_size=1, max_size=4))
+def test_any_batch_equals_transformers_sequence_by_sequence(hf_folder, packing, batch):
+    """Packing never mixes sequences: each one's mean equals transformers on it alone."""
+    backend = HFESM2Backend()
+    forward = backend.packed_forward(backend.load(backend.describe(str(hf_folder))), "sdpa")
+    input_ids, cu_seqlens, max_seqlen, parts = packing.pack(["".join(s) for s in batch])
+    means = hf.packed_means(forward, input_ids, cu_seqlens, max_seqlen)
+    reference = hf.transformers_means(hf_folder, parts)
     torch.testing.assert_close(means, reference, rtol=0, atol=1e-5)
 
 
@@ -178,6 +197,7 @@ def test_name_variants_and_rotary_placement(hf_folder, tmp_path, packed_input, r
     rotary = {name: stored.pop(name) for name in list(stored) if "inv_freq" in name}
     inv_freq = next(iter(rotary.values()))
     renamed = {hub_style_names(name): tensor for name, tensor in stored.items()}
+    renamed["esm.embeddings.position_ids"] = torch.arange(1026)[None]  # older transformers
     if rotary == "per_layer":
         for i in range(2):
             renamed[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = (
@@ -186,6 +206,41 @@ def test_name_variants_and_rotary_placement(hf_folder, tmp_path, packed_input, r
     elif rotary == "model_level":
         renamed["esm.rotary_embeddings.inv_freq"] = inv_freq
     save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    torch.testing.assert_close(embed(str(folder), packed_input), reference, rtol=0, atol=1e-5)
+
+
+def test_config_as_published_for_facebook_esm2(hf_folder, tmp_path, packed_input, reference):
+    """The fields of facebook/esm2_*'s config.json (written by transformers 4.25), at
+    this model's sizes: no rope_theta, hidden_act and torch_dtype present."""
+    folder = copy_folder(hf_folder, tmp_path / "published")
+    published = {
+        "architectures": ["EsmForMaskedLM"],
+        "attention_probs_dropout_prob": 0.0,
+        "classifier_dropout": None,
+        "emb_layer_norm_before": False,
+        "esmfold_config": None,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 128,
+        "is_folding_model": False,
+        "layer_norm_eps": 1e-05,
+        "mask_token_id": 32,
+        "max_position_embeddings": 1026,
+        "model_type": "esm",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "pad_token_id": 1,
+        "position_embedding_type": "rotary",
+        "token_dropout": True,
+        "torch_dtype": "float32",
+        "transformers_version": "4.25.0.dev0",
+        "use_cache": True,
+        "vocab_list": None,
+        "vocab_size": 33,
+    }
+    (folder / "config.json").write_text(json.dumps(published))
     torch.testing.assert_close(embed(str(folder), packed_input), reference, rtol=0, atol=1e-5)
 
 
