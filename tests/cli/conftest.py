@@ -44,9 +44,14 @@ def write_distribution(
     return root
 
 
-def _cli_is_installed() -> bool:
+BUILTIN_PACKAGES = ("cli", "infer")
+"""The virnucpro packages whose built-in plugins are entry points: commands (cli),
+the ESM-2 backend and the HDF5 writer (infer)."""
+
+
+def _is_installed(name: str) -> bool:
     try:
-        dist = metadata.distribution("virnucpro-cli")
+        dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
         return False
     return any(ep.group == "virnucpro" for ep in dist.entry_points)
@@ -54,19 +59,21 @@ def _cli_is_installed() -> bool:
 
 @pytest.fixture(scope="session")
 def cli_dist(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Where virnucpro-cli's own metadata lies; from a source tree, written from its
-    pyproject.toml so the built-ins load through their real entry points."""
-    if _cli_is_installed():
-        return []
-    project = tomllib.loads((ROOT / "packages/virnucpro-cli/pyproject.toml").read_text())["project"]
-    root = tmp_path_factory.mktemp("cli-dist")
-    write_distribution(
-        root,
-        project["name"],
-        project["version"],
-        {"console_scripts": project["scripts"], **project["entry-points"]},
-    )
-    return [root]
+    """Where the built-in plugins' metadata lies; from a source tree, written from each
+    package's pyproject.toml so the built-ins load through their real entry points."""
+    roots = []
+    for package in BUILTIN_PACKAGES:
+        pyproject = ROOT / "packages" / f"virnucpro-{package}" / "pyproject.toml"
+        project = tomllib.loads(pyproject.read_text())["project"]
+        if _is_installed(project["name"]):
+            continue
+        root = tmp_path_factory.mktemp(f"{package}-dist")
+        scripts = {"console_scripts": project["scripts"]} if "scripts" in project else {}
+        write_distribution(
+            root, project["name"], project["version"], {**scripts, **project["entry-points"]}
+        )
+        roots.append(root)
+    return roots
 
 
 @pytest.fixture
@@ -126,30 +133,71 @@ def child_env(cli_dist: list[Path]) -> Callable[..., dict[str, str]]:
 
 DEMO_PLUGIN = '''
 """A third-party plugin, as someone outside the project would write it."""
+import dataclasses
 import time
 from pathlib import Path
 
 import pluggy
 import typer
 
-from virnucpro.cli.errors import (
-    BadInputError, InputsChangedError, NoGpuError, RunDirInUseError, RunDirMismatchError,
+from virnucpro.cli.signals import GracefulStop
+from virnucpro.infer.job.errors import (
+    BadInputError, InputsChangedError, NoDeviceError, RunDirInUseError, RunDirMismatchError,
     WeightsUnavailableError,
 )
-from virnucpro.cli.signals import GracefulStop
 
 hookimpl = pluggy.HookimplMarker("virnucpro")
 
 
 class DemoBackend:
+    """Models named ``demo:<fair-esm name>``: ESM-2 under another backend's name."""
+
     name = "demo-model"
+    prefix = "demo:"
+
+    def _esm2(self):
+        from virnucpro.infer.registry import ESM2Backend
+
+        return ESM2Backend()
+
+    def matches(self, spec):
+        return spec.startswith(self.prefix)
+
+    def describe(self, spec, random_weights=False, seed=0):
+        info = self._esm2().describe(spec[len(self.prefix):], random_weights, seed)
+        return dataclasses.replace(info, backend=self.name)
+
+    def load(self, info, device="cpu", dtype=None):
+        import torch
+
+        esm2_info = dataclasses.replace(info, backend="esm2")
+        return self._esm2().load(esm2_info, device=device, dtype=dtype or torch.float32)
+
+    def packed_forward(self, loaded, **options):
+        return self._esm2().packed_forward(loaded, **options)
 
 
 class CsvWriter:
+    """One line per sequence: its id, then its mean embedding."""
+
     name = "csv"
 
-    def write(self, run_dir):
+    def output_path(self, run_dir):
         return Path(run_dir) / "embeddings.csv"
+
+    def write(self, run_dir):
+        from virnucpro.ckpt import merge_checkpoints, open_embeddings
+
+        lines = []
+        with open_embeddings(merge_checkpoints(run_dir)) as result:
+            for name in result.ids:
+                lines.append(",".join([name, *(f"{v:.9g}" for v in result[name])]) + "\\n")
+        path = self.output_path(run_dir)
+        path.write_text("".join(lines))
+        return path
+
+    def check(self, run_dir):
+        return None if self.output_path(run_dir).is_file() else "no embeddings.csv"
 
 
 @hookimpl
@@ -188,7 +236,7 @@ def virnucpro_register_commands(app):
         errors = {
             "bad": BadInputError("reads.fa: record 3 is empty: remove it"),
             "weights": WeightsUnavailableError("no weights offline: use --random-weights"),
-            "nogpu": NoGpuError("--device cuda but no GPU is visible"),
+            "nogpu": NoDeviceError("--device cuda but no GPU is visible"),
             "inuse": RunDirInUseError("runs/x is in use by process 12"),
             "mismatch": RunDirMismatchError("runs/x holds a run of another model"),
             "changed": InputsChangedError("reads.fa changed since the run started"),

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virnucpro.cli.gpus import GpuDevice, GpuSpec, parse_gpu_spec, resolve_gpus, visible_ids
-from virnucpro.cli.options import parse_layers, parse_token_budget, resolve_layers
+from virnucpro.cli.options import parse_layers, parse_token_budget
+from virnucpro.infer.job.config import resolve_layers
+from virnucpro.infer.job.gpus import GpuDevice, GpuSpec, parse_gpu_spec, resolve_gpus, visible_ids
 
 
 def test_parse_spec():
@@ -82,6 +83,12 @@ def test_token_budget_and_layers():
     assert parse_token_budget("4096") == 4096
     assert parse_layers("last") is None
     assert parse_layers("-1,30") == (-1, 30)
+    for text, message in (("", "is empty"), ("1,1", "more than once"), ("1;2", "not a list")):
+        with pytest.raises(ValueError, match=message):
+            parse_layers(text)
+    for text in ("0", "-3", "lots"):
+        with pytest.raises(ValueError, match="positive number of tokens"):
+            parse_token_budget(text)
     assert resolve_layers(None, 36) == (36,)
     assert resolve_layers((-1, 0, 30), 36) == (0, 30, 36)
     with pytest.raises(ValueError, match="layer 37 does not exist"):

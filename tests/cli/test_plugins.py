@@ -2,91 +2,101 @@
 
 from __future__ import annotations
 
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from io import StringIO
+
+import esm
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from virnucpro.cli.app import AppState, build_app
-from virnucpro.cli.errors import ExitCode, PluginError
-from virnucpro.cli.plugins import ALLOW_VAR, BLOCK_VAR, PluginSelection, load_plugins
-
-# The built-in ESM-2 backend needs virnucpro.infer; these tests look at other models.
-NO_ESM2 = {BLOCK_VAR: "esm2"}
-
-
-class CollectingRegistry:
-    """Stands in for virnucpro.infer's ModelRegistry: the hooks only call register()."""
-
-    def __init__(self) -> None:
-        self.backends: list[object] = []
-
-    def register(self, backend: object) -> None:
-        self.backends.append(backend)
-
-    def names(self) -> list[str]:
-        return [backend.name for backend in self.backends]
+from virnucpro.cli.errors import ExitCode
+from virnucpro.cli.main import main
+from virnucpro.cli.plugins import ALLOW_VAR, BLOCK_VAR, CliPlugins, load_cli_plugins
+from virnucpro.infer import load_model
+from virnucpro.infer.job.errors import PluginError
+from virnucpro.infer.plugins import PluginSelection
 
 
-def help_text(environ: dict[str, str]) -> str:
-    plugins = load_plugins(environ)
+def help_text(plugins: CliPlugins) -> str:
     result = CliRunner().invoke(build_app(plugins), ["--help"], obj=AppState(plugins))
     assert result.exit_code == 0, result.output
     return result.output
 
 
+def backend_names(plugins: CliPlugins) -> list[str]:
+    return sorted(backend.name for backend in plugins.host.model_registry().backends)
+
+
 def test_builtins_register_through_entry_points(plugin_path):
-    host = load_plugins({})
-    builtins = {info.name: info for info in host.plugins if info.builtin}
-    assert set(builtins) == {"commands", "esm2", "hdf5"}
-    assert all(info.loaded and info.distribution == "virnucpro-cli" for info in builtins.values())
-    text = help_text({})
+    plugins = load_cli_plugins({})
+    builtins = {info.name: info.distribution for info in plugins.plugins if info.builtin}
+    assert builtins == {
+        "commands": "virnucpro-cli",
+        "esm2": "virnucpro-infer",
+        "hdf5": "virnucpro-infer",
+    }
+    assert all(info.loaded for info in plugins.plugins if info.builtin)
+    text = help_text(plugins)
     for command in ("run", "resume", "inspect-checkpoint", "plugins"):
         assert f" {command} " in text
-    assert host.writers().names() == ["hdf5"]
+    assert plugins.host.writers().names() == ["hdf5"]
+    assert backend_names(plugins) == ["esm2"]
 
 
 def test_third_party_plugin_adds_command_model_and_writer(plugin_path, demo_plugin):
     plugin_path(demo_plugin)
-    host = load_plugins(NO_ESM2)
-    demo = next(info for info in host.plugins if info.name == "demo")
+    plugins = load_cli_plugins({})
+    demo = next(info for info in plugins.plugins if info.name == "demo")
     assert (demo.distribution, demo.version, demo.builtin, demo.loaded) == (
         "acme-embedders",
         "3.1.4",
         False,
         True,
     )
-    assert " demo-hello " in help_text(NO_ESM2)
-    registry = CollectingRegistry()
-    host.register_models(registry)
-    assert registry.names() == ["demo-model"]
-    assert host.writers().names() == ["csv", "hdf5"]
+    assert " demo-hello " in help_text(plugins)
+    assert backend_names(plugins) == ["demo-model", "esm2"]
+    registry = plugins.host.model_registry()
+    assert registry.resolve("demo:esm2_t6_8M_UR50D").name == "demo-model"
+    assert registry.resolve("esm2_t6_8M_UR50D").name == "esm2"
+    assert plugins.host.writers().names() == ["csv", "hdf5"]
+
+
+def test_blocking_a_builtin_removes_it(plugin_path):
+    plugins = load_cli_plugins({BLOCK_VAR: "esm2"})
+    assert backend_names(plugins) == []
+    assert plugins.host.writers().names() == ["hdf5"]
+    assert not next(info for info in plugins.plugins if info.name == "esm2").loaded
 
 
 @pytest.mark.parametrize(
     "environ",
     [
-        {BLOCK_VAR: "demo,esm2"},
+        {BLOCK_VAR: "demo"},
         {BLOCK_VAR: "esm2, Acme_Embedders"},
-        {ALLOW_VAR: "", BLOCK_VAR: "esm2"},
-        {ALLOW_VAR: "someone-else", BLOCK_VAR: "esm2"},
+        {ALLOW_VAR: ""},
+        {ALLOW_VAR: "someone-else"},
     ],
 )
 def test_blocked_or_not_allowed_plugin_stays_out(plugin_path, demo_plugin, environ):
     plugin_path(demo_plugin)
-    host = load_plugins(environ)
-    assert not next(info for info in host.plugins if info.name == "demo").loaded
-    text = help_text(environ)
+    plugins = load_cli_plugins(environ)
+    assert not next(info for info in plugins.plugins if info.name == "demo").loaded
+    text = help_text(plugins)
     assert "demo-hello" not in text
     assert " run " in text
-    registry = CollectingRegistry()
-    host.register_models(registry)
-    assert registry.names() == []
+    assert "demo-model" not in backend_names(plugins)
+    assert plugins.host.writers().names() == ["hdf5"]
 
 
 def test_allow_list_admits_named_plugin(plugin_path, demo_plugin):
     plugin_path(demo_plugin)
-    environ = {ALLOW_VAR: "demo", BLOCK_VAR: "esm2"}
-    assert next(i for i in load_plugins(environ).plugins if i.name == "demo").loaded
-    assert " demo-hello " in help_text(environ)
+    plugins = load_cli_plugins({ALLOW_VAR: "demo"})
+    assert next(i for i in plugins.plugins if i.name == "demo").loaded
+    assert " demo-hello " in help_text(plugins)
 
 
 def test_block_wins_over_allow():
@@ -111,13 +121,13 @@ def virnucpro_register_comands(app):
 def test_unknown_hook_fails_at_start_up(plugin_path, dist_factory):
     plugin_path(dist_factory("typo-plugin", "typo_plugin_module", UNKNOWN_HOOK, "typo"))
     with pytest.raises(PluginError) as caught:
-        load_plugins({})
+        load_cli_plugins({})
     assert caught.value.message == (
         "plugin 'typo' (from typo-plugin) implements unknown hook(s) "
         "virnucpro_register_comands: update or remove it, or block it with "
         "VIRNUCPRO_PLUGINS_BLOCK=typo"
     )
-    load_plugins({BLOCK_VAR: "typo"})
+    load_cli_plugins({BLOCK_VAR: "typo"})
 
 
 def test_unknown_hook_is_one_line_and_exit_code_in_subprocess(run_cli, dist_factory):
@@ -136,7 +146,7 @@ def test_unknown_hook_is_one_line_and_exit_code_in_subprocess(run_cli, dist_fact
 def test_plugin_that_fails_to_import_is_named(plugin_path, dist_factory):
     plugin_path(dist_factory("broken-plugin", "broken_plugin_module", "import no_such_mod\n"))
     with pytest.raises(PluginError) as caught:
-        load_plugins({})
+        load_cli_plugins({})
     assert caught.value.message == (
         "plugin 'broken-plugin' (from broken-plugin) failed to load: "
         "ModuleNotFoundError: No module named 'no_such_mod'"
@@ -165,6 +175,7 @@ def test_plugins_command_lists_status(run_cli, demo_plugin):
     }
     assert rows["demo"] == ["demo", "acme-embedders", "3.1.4", "third-party", "blocked"]
     assert rows["commands"] == ["commands", "virnucpro-cli", "0.1.0", "built-in", "loaded"]
+    assert rows["esm2"] == ["esm2", "virnucpro-infer", "0.1.0", "built-in", "loaded"]
 
 
 def test_version_lists_cli_and_plugins(run_cli, demo_plugin):
@@ -176,3 +187,49 @@ def test_version_lists_cli_and_plugins(run_cli, demo_plugin):
     assert all(
         line.split()[0] in {"acme-embedders"} or line.startswith("virnucpro-") for line in lines
     )
+
+
+def test_plugin_model_and_writer_run_through_the_engine(plugin_path, demo_plugin, tmp_path):
+    """``--model demo:...`` resolves to the plugin's backend, ``--format csv`` to its
+    writer; the numbers equal fair-esm's forward on the same seeded weights."""
+    plugin_path(demo_plugin)
+    proteins = {"first": "MKVLAAGIVW", "second": "MSTQWHEKLRPA"}
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in proteins.items()))
+    run_dir = tmp_path / "run"
+    out, err = StringIO(), StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(
+            [
+                "run",
+                str(fasta),
+                "-o",
+                str(run_dir),
+                "--model",
+                "demo:esm2_t6_8M_UR50D",
+                "--random-weights",
+                "--seed",
+                "5",
+                "--format",
+                "csv",
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+            ]  # fmt: skip
+        )
+    assert code == 0, err.getvalue()
+    assert out.getvalue().splitlines()[-1] == f"output: {run_dir / 'embeddings.csv'}"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert (manifest["model_backend"], manifest["output_format"]) == ("demo-model", "csv")
+    rows = [line.split(",") for line in (run_dir / "embeddings.csv").read_text().splitlines()]
+    assert [row[0] for row in rows] == list(proteins)
+
+    model = load_model("esm2_t6_8M_UR50D", random_weights=True, seed=5).model
+    convert = esm.data.Alphabet.from_architecture("ESM-1b").get_batch_converter()
+    for row, residues in zip(rows, proteins.values(), strict=True):
+        _, _, tokens = convert([("s", residues)])
+        with torch.no_grad():
+            hidden = model(tokens, repr_layers=[6])["representations"][6][0]
+        expected = hidden[1 : len(residues) + 1].mean(0).numpy()
+        np.testing.assert_allclose(np.array(row[1:], dtype=np.float32), expected, atol=1e-5)

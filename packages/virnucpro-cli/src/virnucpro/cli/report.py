@@ -100,6 +100,7 @@ def print_report(console: Console, report: RunReport) -> None:
         + ("" if report.verified else " (checksums not verified; use --verify)"),
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     table = Table("rank", "checkpoint", "sequences", "valid", "trigger", "GPU memory")
     for checkpoint in sorted(report.checkpoints, key=lambda c: (c.rank, str(c.path))):
