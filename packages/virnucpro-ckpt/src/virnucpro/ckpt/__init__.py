@@ -32,6 +32,7 @@ from virnucpro.ckpt.merge import merge_checkpoints
 from virnucpro.ckpt.reader import Embeddings, open_embeddings
 from virnucpro.ckpt.resume import QuarantinedFile, ResumeResult, resume_from_checkpoints
 from virnucpro.ckpt.trigger import CheckpointTrigger
+from virnucpro.ckpt.verify import verify_output
 from virnucpro.ckpt.writer import AsyncCheckpointWriter, WriterStats
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "read_manifest",
     "resume_from_checkpoints",
     "validate_checkpoint_hdf5",
+    "verify_output",
     "write_checkpoint_file",
     "write_manifest",
 ]

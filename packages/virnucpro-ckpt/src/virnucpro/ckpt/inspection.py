@@ -13,6 +13,7 @@ from virnucpro.ckpt.layout import MERGED_NAME, RANK_DIR_NAME
 from virnucpro.ckpt.lock import is_run_locked
 from virnucpro.ckpt.manifest import read_manifest
 from virnucpro.ckpt.scan import scan_checkpoints
+from virnucpro.ckpt.verify import verify_output
 
 STATE_RUNNING = "running"
 STATE_INTERRUPTED = "interrupted"
@@ -22,9 +23,11 @@ STATE_COMPLETE = "complete"
 def inspect_run(run_dir: Path, verify: bool = False) -> dict[str, Any]:
     """A JSON-able report of a run directory; moves nothing.
 
-    ``verify`` also checks every file's data checksum (reads all data). State is
+    ``verify`` also checks every file's data checksum, the merged output's included
+    (reads all data); without it the output's structure is still checked. State is
     ``running`` while a process holds the run lock, ``complete`` once every row is
-    done and merged, ``interrupted`` otherwise.
+    done and merged into an intact output, ``interrupted`` otherwise. ``output``
+    says whether ``embeddings.h5`` is present and, if damaged, what is wrong.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -35,9 +38,10 @@ def inspect_run(run_dir: Path, verify: bool = False) -> dict[str, Any]:
     total = int(manifest["num_sequences"])
     done = sum(info.num_sequences for info in scan.valid)
     merged = (run_dir / MERGED_NAME).is_file()
+    problem = verify_output(run_dir, full=verify) if merged else None
     if is_run_locked(run_dir):
         state = STATE_RUNNING
-    elif done == total and merged:
+    elif done == total and merged and problem is None:
         state = STATE_COMPLETE
     else:
         state = STATE_INTERRUPTED
@@ -52,6 +56,7 @@ def inspect_run(run_dir: Path, verify: bool = False) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "state": state,
         "merged": merged,
+        "output": {"path": str(run_dir / MERGED_NAME), "present": merged, "problem": problem},
         "model": manifest["model"],
         "total_sequences": total,
         "completed_sequences": done,

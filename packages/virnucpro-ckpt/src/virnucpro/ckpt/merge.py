@@ -31,6 +31,7 @@ from virnucpro.ckpt.layout import (
     output_names,
 )
 from virnucpro.ckpt.manifest import read_manifest
+from virnucpro.ckpt.verify import CHECKSUMS_ATTR, DatasetDigests
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 MAX_OPEN_FILES = 64
@@ -134,20 +135,29 @@ def _write_merged(
     offsets = offsets_from_lengths(lengths)
     pooled = [n for n in names if not n.endswith("/per_token") and not n.endswith("_offsets")]
     per_token = [n for n in names if n.endswith("/per_token")]
+    digests = DatasetDigests()
     ids = out.create_dataset("ids", shape=(total,), dtype=h5py.string_dtype("utf-8"))
-    out.create_dataset("lengths", data=lengths)
-    out.create_dataset("truncated", data=truncated)
+    digests.start("ids", ids.dtype, ids.shape)
+    whole = {"lengths": lengths, "truncated": truncated}
+    whole.update({name + "_offsets": offsets for name in per_token})
     targets = {n: out.create_dataset(n, shape=(total, width), dtype=np.float32) for n in pooled}
     for name in per_token:
         targets[name] = out.create_dataset(name, shape=(int(offsets[-1]), width), dtype=np.float32)
-        out.create_dataset(name + "_offsets", data=offsets)
+    for name, data in whole.items():
+        digests.start(name, data.dtype, data.shape)
+        digests.update(name, data)
+        out.create_dataset(name, data=data)
+    for name, ds in targets.items():
+        digests.start(name, ds.dtype, ds.shape)
     for start, stop in _chunks(offsets, width, len(pooled), bool(per_token), budget):
-        _copy_chunk(start, stop, sources, offsets, targets, ids, per_token, cache)
+        _copy_chunk(start, stop, sources, offsets, targets, ids, per_token, cache, digests)
     main = default_output(manifest["layers"], manifest["pooling"])
     if main is not None:
         out["embeddings"] = out[main]
     for key, value in manifest.items():
         out.attrs[key] = json.dumps(value)
+    # Written last: a file carrying digests was written to the end.
+    out.attrs[CHECKSUMS_ATTR] = json.dumps(digests.hexdigests())
 
 
 def _chunks(
@@ -178,6 +188,7 @@ def _copy_chunk(
     ids: h5py.Dataset,
     per_token: list[str],
     cache: _FileCache,
+    digests: DatasetDigests,
 ) -> None:
     buffers = {
         name: np.empty(
@@ -204,7 +215,9 @@ def _copy_chunk(
             else:
                 buffer[where] = f[name][lo:hi]
     ids[start:stop] = id_buffer
+    digests.update_ids(id_buffer)
     for name, buffer in buffers.items():
+        digests.update(name, buffer)
         if name in per_token:
             targets[name][offsets[start] : offsets[stop]] = buffer
         else:

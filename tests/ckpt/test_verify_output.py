@@ -1,0 +1,127 @@
+"""The merged output carries per-dataset sha256 digests; damage is found and named."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from virnucpro.ckpt import inspect_run, merge_checkpoints, verify_output
+from virnucpro.ckpt.verify import CHECKSUMS_ATTR
+
+NUM = 40
+
+
+@pytest.fixture
+def merged(make_run, write_rows):
+    run_dir, manifest = make_run(NUM)
+    order = np.random.default_rng(3).permutation(NUM)
+    write_rows(run_dir, manifest, np.array_split(order, 3))
+    return run_dir, merge_checkpoints(run_dir)
+
+
+def _flip(path, offset, count=8):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def _data_regions(path):
+    """(name, file offset, bytes) of every dataset's contiguous data, aliases once."""
+    regions = []
+    with h5py.File(path, "r") as f:
+        for name in sorted(json.loads(f.attrs[CHECKSUMS_ATTR])):
+            ds = f[name]
+            offset = ds.id.get_offset()
+            if offset is not None and ds.id.get_storage_size() >= 8:
+                regions.append((name, offset, ds.id.get_storage_size()))
+    return regions
+
+
+def test_an_intact_output_verifies_and_records_every_dataset(merged):
+    run_dir, path = merged
+    assert verify_output(run_dir) is None
+    assert verify_output(path) is None
+    assert verify_output(run_dir, full=False) is None
+    with h5py.File(path, "r") as f:
+        recorded = json.loads(f.attrs[CHECKSUMS_ATTR])
+        names = []
+        f.visit_links(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
+    assert sorted(recorded) == sorted(n for n in names if n != "embeddings")
+    report = inspect_run(run_dir, verify=True)
+    assert report["state"] == "complete"
+    assert report["output"] == {"path": str(path), "present": True, "problem": None}
+
+
+def test_flipped_bytes_in_a_dataset_are_named(merged):
+    run_dir, path = merged
+    with h5py.File(path, "r") as f:
+        offset = f["layer_4/mean"].id.get_offset()
+    _flip(path, offset + 100)
+    problem = verify_output(run_dir)
+    assert problem == f"{path}: layer_4/mean is damaged (its sha256 differs from the recorded one)"
+    assert verify_output(run_dir, full=False) is None  # the quick check reads no data
+    report = inspect_run(run_dir, verify=True)
+    assert report["state"] == "interrupted" and report["output"]["problem"] == problem
+    assert inspect_run(run_dir)["state"] == "complete"
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_eight_flipped_bytes_anywhere_in_the_data_are_found(merged, tmp_path, data):
+    run_dir, path = merged
+    regions = _data_regions(path)
+    name, offset, size = data.draw(st.sampled_from(regions))
+    at = data.draw(st.integers(0, size - 8))
+    copy = tmp_path / "copy.h5"
+    shutil.copyfile(path, copy)
+    _flip(copy, offset + at)
+    problem = verify_output(copy)
+    assert problem is not None and str(copy) in problem
+    assert name in problem or "unreadable" in problem or "damaged" in problem
+
+
+@pytest.mark.parametrize("keep", [1000, "all but 16"])
+def test_a_truncated_output_is_unreadable(merged, keep):
+    run_dir, path = merged
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(keep if isinstance(keep, int) else size - 16)
+    problem = verify_output(run_dir, full=False)
+    assert problem is not None and problem.startswith(f"{path}: unreadable (")
+    assert "\n" not in problem and len(problem) < len(str(path)) + 240
+    assert inspect_run(run_dir)["state"] == "interrupted"
+
+
+def test_a_missing_output_and_one_from_another_run_are_named(merged):
+    run_dir, path = merged
+    with h5py.File(path, "r+") as f:
+        f.attrs["seed"] = json.dumps(8)
+    assert verify_output(run_dir) == f"{path}: seed 8 differs from the run's 7"
+    path.unlink()
+    assert verify_output(run_dir) == f"{path}: missing"
+
+
+def test_a_missing_dataset_is_named(merged):
+    run_dir, path = merged
+    with h5py.File(path, "r+") as f:
+        del f["layer_2/bos"]
+    assert "datasets missing ['layer_2/bos']" in verify_output(run_dir, full=False)
+
+
+def test_an_output_without_digests_is_checked_for_structure_only(merged):
+    run_dir, path = merged
+    with h5py.File(path, "r+") as f:
+        del f.attrs[CHECKSUMS_ATTR]
+    assert verify_output(run_dir) is None
+    with h5py.File(path, "r+") as f:
+        del f["truncated"]
+        f.create_dataset("truncated", data=np.zeros(NUM - 1, dtype=bool))
+    assert verify_output(run_dir) == f"{path}: truncated has shape ({NUM - 1},), expected ({NUM},)"
