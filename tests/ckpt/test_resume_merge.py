@@ -8,6 +8,7 @@ from virnucpro.ckpt import (
     RunLock,
     inspect_run,
     merge_checkpoints,
+    quarantine_messages,
     resume_from_checkpoints,
 )
 
@@ -151,3 +152,28 @@ def test_inspect_reports_ranks_validity_and_state(make_run, write_rows):
     with RunLock(run_dir):
         assert inspect_run(run_dir)["state"] == "running"
     assert bad.exists()
+
+
+@pytest.mark.parametrize("move", [True, False])
+def test_every_rejected_checkpoint_is_said_in_one_line(make_run, write_rows, synthetic, move):
+    run_dir, manifest = make_run(40)
+    paths = write_rows(run_dir, manifest, [np.arange(0, 10), np.arange(10, 20)])
+    (foreign,) = write_rows(run_dir, {**manifest, "seed": 99}, [np.arange(20, 30)], rank=1)
+    (repeat,) = write_rows(run_dir, manifest, [np.arange(5, 12)], rank=2, session="zz")
+    with open(paths[1], "r+b") as f:
+        f.truncate(2000)
+    with RunLock(run_dir):
+        result = resume_from_checkpoints(run_dir, manifest, quarantine=move)
+    assert result.done_indices.tolist() == list(range(10))
+    lines = quarantine_messages(result.quarantined)
+    assert len(lines) == 3
+    by_source = dict(zip((q.source for q in result.quarantined), lines, strict=True))
+    assert set(by_source) == {paths[1], foreign, repeat}
+    for q, line in zip(result.quarantined, lines, strict=True):
+        assert "\n" not in line and str(q.source) in line and q.reason in line
+        assert not q.reason.startswith(str(q.source))
+        assert q.source.exists() is not move
+        assert line.startswith("quarantined" if move else "not used")
+    assert "unreadable" in by_source[paths[1]]
+    assert "seed 99 differs from the run's 7" in by_source[foreign]
+    assert f"repeats row 5 already in {paths[0]}" in by_source[repeat]

@@ -76,7 +76,7 @@ def test_flipped_bytes_in_a_dataset_are_named(merged):
 )
 @given(data=st.data())
 def test_eight_flipped_bytes_anywhere_in_the_data_are_found(merged, tmp_path, data):
-    run_dir, path = merged
+    _run_dir, path = merged
     regions = _data_regions(path)
     name, offset, size = data.draw(st.sampled_from(regions))
     at = data.draw(st.integers(0, size - 8))

@@ -30,7 +30,12 @@ from virnucpro.ckpt.manifest import (
 )
 from virnucpro.ckpt.merge import merge_checkpoints
 from virnucpro.ckpt.reader import Embeddings, open_embeddings
-from virnucpro.ckpt.resume import QuarantinedFile, ResumeResult, resume_from_checkpoints
+from virnucpro.ckpt.resume import (
+    QuarantinedFile,
+    ResumeResult,
+    quarantine_messages,
+    resume_from_checkpoints,
+)
 from virnucpro.ckpt.trigger import CheckpointTrigger
 from virnucpro.ckpt.verify import verify_output
 from virnucpro.ckpt.writer import AsyncCheckpointWriter, WriterStats
@@ -60,6 +65,7 @@ __all__ = [
     "merge_checkpoints",
     "new_session_id",
     "open_embeddings",
+    "quarantine_messages",
     "read_manifest",
     "resume_from_checkpoints",
     "validate_checkpoint_hdf5",

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from virnucpro.ckpt.batch import CheckpointBatch, check_offsets, is_offsets
-from virnucpro.ckpt.errors import InvalidCheckpointError
+from virnucpro.ckpt.errors import InvalidCheckpointError, one_line
 from virnucpro.ckpt.fsio import publish
 from virnucpro.ckpt.layout import CHECKPOINT_NAME, RANK_DIR_NAME, output_names, temp_path
 
@@ -189,7 +189,7 @@ def validate_checkpoint_hdf5(
     except InvalidCheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise InvalidCheckpointError(f"{path}: unreadable ({exc})") from None
+        raise InvalidCheckpointError(f"{path}: unreadable ({one_line(exc)})") from None
     return CheckpointInfo(path, rank, session, sequence, attrs["num_sequences"], attrs)
 
 

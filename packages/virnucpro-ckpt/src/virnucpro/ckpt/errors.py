@@ -25,6 +25,25 @@ class RunLockedError(CheckpointError):
     """Another process holds the run directory's lock."""
 
 
+class ManifestTamperedError(ManifestMismatchError):
+    """manifest.json was edited after the run started, or no longer matches its checkpoints."""
+
+
+class DiskFullError(CheckpointError):
+    """A write ran out of disk space (or quota); what was already checkpointed is kept."""
+
+    def __init__(self, message: str, path: object = None, needed_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.needed_bytes = needed_bytes
+
+
+def one_line(exc: BaseException) -> str:
+    """An error's text on one line (HDF5 messages span several), at most 200 characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 class EmbeddingsFileError(CheckpointError):
     """A path is missing, closed, or not a merged virnucpro embeddings file."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,23 @@ from virnucpro.ckpt.scan import read_indices, scan_checkpoints
 
 @dataclass(frozen=True)
 class QuarantinedFile:
+    """A rejected file: where it was, where it went (None: left in place), and why."""
+
     source: Path
     destination: Path | None
     reason: str
+
+    @property
+    def message(self) -> str:
+        """One line to show the user; a rejected file is never set aside silently."""
+        if self.destination is None:
+            return f"not used: {self.source}: {self.reason} (left in place)"
+        return f"quarantined {self.source}: {self.reason}; moved to {self.destination}"
+
+
+def quarantine_messages(files: Iterable[QuarantinedFile]) -> list[str]:
+    """One line per rejected file, in the order given."""
+    return [q.message for q in files]
 
 
 @dataclass

@@ -56,7 +56,7 @@ def scan_checkpoints(
         try:
             infos.append(validate_checkpoint_hdf5(path, manifest, verify_checksum))
         except InvalidCheckpointError as exc:
-            result.rejected.append((path, str(exc)))
+            result.rejected.append((path, reason_of(path, exc)))
     owner = np.full(int(manifest["num_sequences"]), -1, dtype=np.int32)
     for info in sorted(infos, key=lambda i: (i.session, i.sequence, i.rank)):
         indices = read_indices(info.path)
@@ -71,6 +71,13 @@ def scan_checkpoints(
         owner[indices] = len(result.valid)
         result.valid.append(info)
     return result
+
+
+def reason_of(path: Path, exc: InvalidCheckpointError) -> str:
+    """The error's text without the leading path: the reason alone, one line."""
+    text = str(exc)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def read_indices(path: Path) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 
 from virnucpro.ckpt.batch import is_offsets, is_per_token
 from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS
+from virnucpro.ckpt.errors import one_line
 from virnucpro.ckpt.layout import MANIFEST_NAME, MERGED_NAME, default_output, output_names
 
 CHECKSUMS_ATTR = "dataset_sha256"
@@ -82,12 +83,6 @@ def verify_output(target: Path, full: bool = True) -> str | None:
         return f"{path}: unreadable ({one_line(exc)})"
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         return f"{path}: damaged ({type(exc).__name__}: {one_line(exc)})"
-
-
-def one_line(exc: BaseException) -> str:
-    """An error's text on one line (HDF5 messages span several), at most 200 characters."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _run_manifest(run_dir: Path) -> dict[str, Any] | None:
