@@ -12,10 +12,12 @@ from virnucpro.ckpt.checkpoint_file import (
 from virnucpro.ckpt.errors import (
     CheckpointError,
     CheckpointWriteError,
+    DiskFullError,
     EmbeddingsFileError,
     EmbeddingsKeyError,
     InvalidCheckpointError,
     ManifestMismatchError,
+    ManifestTamperedError,
     MergeError,
     RunLockedError,
 )
@@ -24,6 +26,7 @@ from virnucpro.ckpt.layout import new_session_id
 from virnucpro.ckpt.lock import RunLock, is_run_locked
 from virnucpro.ckpt.manifest import (
     check_manifest,
+    check_manifest_integrity,
     manifest_differences,
     read_manifest,
     write_manifest,
@@ -47,11 +50,13 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointTrigger",
     "CheckpointWriteError",
+    "DiskFullError",
     "Embeddings",
     "EmbeddingsFileError",
     "EmbeddingsKeyError",
     "InvalidCheckpointError",
     "ManifestMismatchError",
+    "ManifestTamperedError",
     "MergeError",
     "QuarantinedFile",
     "ResumeResult",
@@ -59,6 +64,7 @@ __all__ = [
     "RunLockedError",
     "WriterStats",
     "check_manifest",
+    "check_manifest_integrity",
     "inspect_run",
     "is_run_locked",
     "manifest_differences",

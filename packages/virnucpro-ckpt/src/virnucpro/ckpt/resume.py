@@ -13,7 +13,7 @@ import numpy as np
 from virnucpro.ckpt.checkpoint_file import CheckpointInfo
 from virnucpro.ckpt.fsio import fsync_dir
 from virnucpro.ckpt.layout import QUARANTINE_DIR, TEMP_SUFFIX
-from virnucpro.ckpt.manifest import check_manifest, read_manifest
+from virnucpro.ckpt.manifest import check_manifest, check_manifest_integrity
 from virnucpro.ckpt.scan import read_indices, scan_checkpoints
 
 
@@ -66,14 +66,17 @@ def resume_from_checkpoints(
     """Validate every rank's checkpoints and return the input indices already done.
 
     ``manifest``: the configuration asked for now; a change of inputs, model, layers,
-    pooling, precision or max length raises ManifestMismatchError. With ``quarantine``
+    pooling, precision or max length raises ManifestMismatchError. An edited
+    manifest.json raises ManifestTamperedError before any file is moved. With ``quarantine``
     (only while holding the RunLock, before any writer starts) rejected files and
     stale temporary files move to ``RUN_DIR/quarantine/``; otherwise they are only
     reported (``destination`` None). ``ignore_sessions``: sessions still writing, e.g.
     the current one when each rank computes its own work list.
     """
     run_dir = Path(run_dir)
-    stored = check_manifest(run_dir, manifest) if manifest is not None else read_manifest(run_dir)
+    stored = check_manifest_integrity(run_dir)
+    if manifest is not None:
+        stored = check_manifest(run_dir, manifest)
     scan = scan_checkpoints(run_dir, stored, verify_checksum, ignore_sessions)
     rejected = list(scan.rejected)
     if quarantine:
