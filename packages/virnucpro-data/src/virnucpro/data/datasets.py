@@ -15,6 +15,9 @@ from virnucpro.data.dataloader_utils import check_worker_cuda_isolation
 from virnucpro.data.index import SequenceIndex, build_index
 from virnucpro.data.packed_batch import pack_residues
 
+READ_AHEAD = 256
+"""Sequences a SequenceDataset reads per call (DNA frames are translated together)."""
+
 
 def _worker_share() -> tuple[int, int]:
     info = get_worker_info()
@@ -61,7 +64,7 @@ class PackedBatchDataset(IterableDataset):
         for b in batches_of_worker(len(self.batches), worker, num_workers):
             indices = self.batches[b]
             residues = self.index.read_many(indices)
-            ids = [self.index.id(int(i)) for i in indices]
+            ids = self.index.ids_of(indices)
             yield pack_residues(residues, ids, indices, self.max_length, as_numpy=in_worker)
 
 
@@ -100,13 +103,20 @@ class SequenceDataset(IterableDataset):
         file_of = self.index.file_of
         names = [path.name for path in self.index.files]
         share = records_of_worker(len(self.index), self.rank, self.world_size, worker, num_workers)
-        for i in share:
-            residues = self.index.read(i)
-            cut = residues[: self.max_length] if self.max_length else residues
-            yield {
-                "id": self.index.id(i),
-                "sequence": cut.decode("utf-8", "surrogateescape"),
-                "file": names[file_of[i]],
-                "index": i,
-                "truncated": len(cut) < len(residues),
-            }
+        for first in range(0, len(share), READ_AHEAD):
+            indices = np.asarray(share[first : first + READ_AHEAD], dtype=np.int64)
+            read = zip(
+                indices.tolist(),
+                self.index.ids_of(indices),
+                self.index.read_many(indices),
+                strict=True,
+            )
+            for i, name, residues in read:
+                cut = residues[: self.max_length] if self.max_length else residues
+                yield {
+                    "id": name,
+                    "sequence": cut.decode("utf-8", "surrogateescape"),
+                    "file": names[file_of[i]],
+                    "index": i,
+                    "truncated": len(cut) < len(residues),
+                }

@@ -74,8 +74,10 @@ def _split_records(segment: bytes, base: int) -> Iterator[tuple[bytes, bytes, in
         position += len(part) + 2
 
 
-def scan_records(path: Path, hasher) -> Iterator[tuple[bytes, bytes, int]]:
-    """(header line without `>`, raw body, body offset) for every record of one file."""
+def scan_segments(path: Path, hasher) -> Iterator[tuple[bytes, int]]:
+    """(segment, stream position) of whole records: each segment starts at a header's `>`
+    and ends before the `\n` of the next segment's first header (the file's last one at its
+    end)."""
     with open_input(path) as handle:
         carry = b""
         base = 0
@@ -99,9 +101,15 @@ def scan_records(path: Path, hasher) -> Iterator[tuple[bytes, bytes, int]]:
             if cut < 0:
                 carry = buffer
                 continue
-            yield from _split_records(buffer[:cut], base)
+            yield buffer[:cut], base
             carry = buffer[cut + 1 :]
             base += cut + 1
         if not started:
             raise InputError(f"{path}: no FASTA records (the file is empty); remove it")
-        yield from _split_records(carry, base)
+        yield carry, base
+
+
+def scan_records(path: Path, hasher) -> Iterator[tuple[bytes, bytes, int]]:
+    """(header line without `>`, raw body, body offset) for every record of one file."""
+    for segment, base in scan_segments(path, hasher):
+        yield from _split_records(segment, base)

@@ -33,23 +33,31 @@ from shutil import rmtree
 import numpy as np
 
 from virnucpro.data.errors import InputError
-from virnucpro.data.fasta_scan import is_gzip, normalize_dna, normalize_protein, scan_records
+from virnucpro.data.fasta_scan import (
+    is_gzip,
+    normalize_dna,
+    normalize_protein,
+    scan_records,
+    scan_segments,
+)
 from virnucpro.data.nonstandard import (
     NonstandardSummary,
     nonstandard_bytes,
     strict_message,
     summarize,
 )
+from virnucpro.data.read_records import ReadRecords, parse_reads
 from virnucpro.data.reads import FRAME_LABELS
 from virnucpro.data.six_frames import MAX_CHUNK_SIZE, chunk_table, frame_table, translate_chunks
 from virnucpro.data.tokenizer import count_unknown
 
 INPUT_TYPES = ("protein", "dna")
 FINGERPRINT_VERSION = b"virnucpro-index-2"
-"""2: digits in protein records are dropped (they were `<unk>` in 1)."""
+"""2: digits in protein records are dropped (they were `<unk>` in 1); SHA-256 (first 128 bits),
+hardware-accelerated where blake2b was not."""
 MAX_LISTED_DUPLICATES = 5
-FLUSH_BASES = 1 << 20
-"""Bases of pending reads translated per numpy call in the index pass."""
+PIECE_BYTES = 1 << 20
+"""DNA input is parsed and translated about this many bytes per numpy call (cache-sized)."""
 
 
 class SequenceIndex:
@@ -224,21 +232,18 @@ class _Builder:
         self.chunk_size = chunk_size
         self.spool_dir = spool_dir
         self.strict = strict
-        self.hasher = hashlib.blake2b(digest_size=16)
+        self.hasher = hashlib.sha256()
         self.hasher.update(FINGERPRINT_VERSION + f"|{input_type}|{chunk_size}|".encode())
         self.sources: list[Path] = []
         self.record_ids: list[bytes] = []
-        self.record_number: list[int] = []
-        self.record_source: list[int] = []
-        self.record_offset: list[int] = []
-        self.record_span: list[int] = []
+        self.record_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        """Per file or piece: record source file, number in its file, offset and span."""
+        self.record_columns: tuple[np.ndarray, ...] = ()
         self.lengths: list[int] = []
         self.unknown: list[int] = []
         self.nonstandard: list[int] = []
         self.nonstandard_counts: Counter[int] = Counter()
-        self.pending: list[bytes] = []
-        self.pending_bases = 0
-        self.pending_first = 0
+        self.reads_seen = 0
         self.frames: list[tuple[np.ndarray, ...]] = []
         self.chunks = 0
         self.chunks_without_protein = 0
@@ -269,40 +274,84 @@ class _Builder:
         self.hasher.update(f"|end of file {file_number}|".encode())
 
     def _scan(self, file_number: int, path: Path, spool) -> None:
-        protein = self.input_type == "protein"
-        normalize = normalize_protein if protein else normalize_dna
+        if self.input_type == "dna":
+            self._scan_reads(file_number, path, spool)
+            return
         spool_position = 0
+        offsets: list[int] = []
+        spans: list[int] = []
         for number, (header, body, offset) in enumerate(scan_records(path, self.hasher), 1):
             fields = header.split(None, 1)
             if not fields:
                 raise InputError(f"{path}: record #{number} has no id after '>'; give it one")
-            residues = normalize(body)
+            residues = normalize_protein(body)
             if not residues:
-                name = fields[0].decode("utf-8", "replace")
-                raise InputError(
-                    f"{path}: record #{number} '{name}' has an empty sequence; "
-                    "remove it or give it residues"
-                )
+                _empty_sequence(path, number, fields[0])
             self.record_ids.append(fields[0])
-            self.record_number.append(number)
-            self.record_source.append(file_number)
             if spool is None:
-                self.record_offset.append(offset)
-                self.record_span.append(len(body))
+                offsets.append(offset)
+                spans.append(len(body))
             else:
                 spool.write(residues)
-                self.record_offset.append(spool_position)
-                self.record_span.append(len(residues))
+                offsets.append(spool_position)
+                spans.append(len(residues))
                 spool_position += len(residues)
-            if protein:
-                self._add_protein(path, number, fields[0], body, residues)
-            else:
-                self.pending.append(residues)
-                self.pending_bases += len(residues)
-                if self.pending_bases >= FLUSH_BASES:
-                    self._translate_pending()
-        if not protein:
-            self._translate_pending()
+            self._add_protein(path, number, fields[0], body, residues)
+        self._add_records(file_number, 0, np.array(offsets), np.array(spans))
+
+    def _add_records(
+        self, file_number: int, numbered: int, offsets: np.ndarray, spans: np.ndarray
+    ) -> None:
+        count = len(offsets)
+        self.record_parts.append(
+            (
+                np.full(count, file_number, dtype=np.int32),
+                np.arange(numbered + 1, numbered + count + 1, dtype=np.int64),
+                offsets.astype(np.int64),
+                spans.astype(np.int64),
+            )
+        )
+
+    def _scan_reads(self, file_number: int, path: Path, spool) -> None:
+        """DNA records a piece of whole records at a time, with no per-record Python."""
+        numbered = 0
+        spool_position = 0
+        for segment, position in scan_segments(path, self.hasher):
+            start = 0
+            while start < len(segment):
+                cut = segment.find(b"\n>", start + PIECE_BYTES)
+                end = len(segment) if cut < 0 else cut
+                records = parse_reads(segment[start:end], position + start)
+                self._check_reads(path, numbered, records)
+                self.record_ids.extend(records.ids)
+                if spool is None:
+                    self._add_records(
+                        file_number, numbered, records.body_offsets, records.body_spans
+                    )
+                else:
+                    spool.write(records.bases)
+                    starts = np.cumsum(records.base_counts) - records.base_counts
+                    self._add_records(
+                        file_number, numbered, starts + spool_position, records.base_counts
+                    )
+                    spool_position += len(records.bases)
+                self._add_reads(records.base_counts, records.bases)
+                numbered += len(records.ids)
+                start = end + 1
+
+    @staticmethod
+    def _check_reads(path: Path, numbered: int, records: ReadRecords) -> None:
+        """The first record without an id or bases, as the record-by-record scan finds it."""
+        no_id = [i for i, name in enumerate(records.ids) if not name][:1]
+        empty = np.flatnonzero(records.base_counts == 0)[:1].tolist()
+        if not no_id and not empty:
+            return
+        first = min(no_id + empty)
+        if no_id and no_id[0] == first:
+            raise InputError(
+                f"{path}: record #{numbered + first + 1} has no id after '>'; give it one"
+            )
+        _empty_sequence(path, numbered + first + 1, records.ids[first])
 
     def _add_protein(
         self, path: Path, number: int, name: bytes, body: bytes, residues: bytes
@@ -316,24 +365,18 @@ class _Builder:
                 raise InputError(strict_message(path, number, name.decode("utf-8", "replace"), odd))
             self.nonstandard_counts.update(odd)
 
-    def _translate_pending(self) -> None:
-        """Kept frames of the pending reads: (read, chunk number, chunk start, frame, length)."""
-        if not self.pending:
-            return
-        read_lengths = np.fromiter(map(len, self.pending), np.int64, len(self.pending))
+    def _add_reads(self, read_lengths: np.ndarray, bases: bytes) -> None:
+        """Kept frames of these reads: (read, chunk number, chunk start, frame, length)."""
         read, number, start, length = chunk_table(read_lengths, self.chunk_size)
         read_starts = np.cumsum(read_lengths) - read_lengths
-        bases = np.frombuffer(b"".join(self.pending), dtype=np.uint8)
         residues, kept = frame_table(bases, read_starts[read] + start, length)
         rows, frames = np.nonzero(kept)
         self.frames.append(
-            (read[rows] + self.pending_first, number[rows], start[rows], frames, residues[kept])
+            (read[rows] + self.reads_seen, number[rows], start[rows], frames, residues[kept])
         )
         self.chunks += len(read)
         self.chunks_without_protein += int(len(read) - np.count_nonzero(kept.any(axis=1)))
-        self.pending_first += len(self.pending)
-        self.pending = []
-        self.pending_bases = 0
+        self.reads_seen += len(read_lengths)
 
     def check_unique_ids(self, files: Sequence[Path]) -> None:
         if len(set(self.record_ids)) == len(self.record_ids):
@@ -356,7 +399,8 @@ class _Builder:
         )
 
     def _where(self, record: int, files: Sequence[Path]) -> str:
-        return f"{files[self.record_source[record]]} record #{self.record_number[record]}"
+        source, number = self.record_columns[0][record], self.record_columns[1][record]
+        return f"{files[source]} record #{number}"
 
     def _entries(self) -> dict[str, np.ndarray]:
         if self.input_type == "protein":
@@ -384,6 +428,9 @@ class _Builder:
         }
 
     def finish(self, files: list[Path]) -> SequenceIndex:
+        self.record_columns = tuple(
+            np.concatenate(column) for column in zip(*self.record_parts, strict=True)
+        )
         self.check_unique_ids(files)
         entries = self._entries()
         if self.input_type == "dna" and not len(entries["lengths"]):
@@ -391,23 +438,22 @@ class _Builder:
                 f"{', '.join(map(str, files))}: no read gives a protein without a stop codon "
                 "in any frame; check that these are DNA reads"
             )
-        id_lengths = np.fromiter(
-            (len(n) + 1 for n in self.record_ids), np.int64, len(self.record_ids)
-        )
-        id_offsets = np.zeros(len(self.record_ids) + 1, dtype=np.int64)
-        np.cumsum(id_lengths, out=id_offsets[1:])
+        id_blob = b"\n".join(self.record_ids)
+        separators = np.flatnonzero(np.frombuffer(id_blob, dtype=np.uint8) == ord("\n"))
+        id_offsets = np.concatenate(([0], separators + 1, [len(id_blob) + 1])).astype(np.int64)
+        source, _, offset, span = self.record_columns
         index = SequenceIndex(
             files=files,
             sources=self.sources,
-            read_id_blob=b"\n".join(self.record_ids),
+            read_id_blob=id_blob,
             read_id_offsets=id_offsets,
             nonstandard_counts=self.nonstandard_counts,
-            fingerprint=self.hasher.hexdigest(),
+            fingerprint=self.hasher.hexdigest()[:32],
             input_type=self.input_type,
             chunk_size=self.chunk_size,
-            record_source=np.array(self.record_source, dtype=np.int32),
-            record_offset=np.array(self.record_offset, dtype=np.int64),
-            record_span=np.array(self.record_span, dtype=np.int64),
+            record_source=source,
+            record_offset=offset,
+            record_span=span,
             chunks=self.chunks,
             chunks_without_protein=self.chunks_without_protein,
             **entries,
@@ -415,6 +461,13 @@ class _Builder:
         if self.owned_spool is not None:
             weakref.finalize(index, rmtree, self.owned_spool, ignore_errors=True)
         return index
+
+
+def _empty_sequence(path: Path, number: int, name: bytes) -> None:
+    raise InputError(
+        f"{path}: record #{number} '{name.decode('utf-8', 'replace')}' has an empty sequence; "
+        "remove it or give it residues"
+    )
 
 
 def build_index(

@@ -19,16 +19,15 @@ import numpy as np
 from virnucpro.data.reads import _AMINO_ACIDS_TCAG, _BASES
 
 _OTHER = 4
-_FIELD_BITS = 21
-_FIELD_MASK = (1 << _FIELD_BITS) - 1
-MAX_CHUNK_SIZE = 3 * _FIELD_MASK
-"""Longest chunk whose per-frame counts fit the packed 21-bit prefix-sum fields."""
+_NARROW_BITS, _WIDE_BITS = 10, 21
+MAX_CHUNK_SIZE = 3 * ((1 << _WIDE_BITS) - 1)
+"""Longest chunk whose per-frame counts fit the packed prefix-sum fields."""
 
 _ACGT = b"ACGT"
 _COMPLEMENT = {ord("A"): ord("T"), ord("C"): ord("G"), ord("G"): ord("C"), ord("T"): ord("A")}
 
 
-def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _tables() -> tuple[bytes, np.ndarray, np.ndarray, dict[int, np.ndarray]]:
     base_code = np.full(256, _OTHER, dtype=np.uint8)
     base_code[np.frombuffer(_ACGT, dtype=np.uint8)] = np.arange(4, dtype=np.uint8)
     standard = dict(
@@ -40,7 +39,7 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     )
     forward = np.zeros(125, dtype=np.uint8)
     reverse = np.zeros(125, dtype=np.uint8)
-    counts = np.zeros(125, dtype=np.int64)
+    counts = {bits: np.zeros(125, dtype=np.int64) for bits in (_NARROW_BITS, _WIDE_BITS)}
     for a, b, c in np.ndindex(4, 4, 4):
         number = a * 25 + b * 5 + c
         triple = bytes((_ACGT[a], _ACGT[b], _ACGT[c]))
@@ -48,13 +47,18 @@ def _tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         forward[number] = standard[triple]
         reverse[number] = standard[partner]
         stop_f, stop_r = standard[triple] == ord("*"), standard[partner] == ord("*")
-        counts[number] = 1 + (stop_f << _FIELD_BITS) + (stop_r << (2 * _FIELD_BITS))
-    return base_code, forward, reverse, counts
+        for bits, table in counts.items():
+            table[number] = 1 + (stop_f << bits) + (stop_r << (2 * bits))
+    counts[_NARROW_BITS] = counts[_NARROW_BITS].astype(np.int32)
+    return base_code.tobytes(), forward, reverse, counts
 
 
 _BASE_CODE, _FORWARD_RESIDUE, _REVERSE_RESIDUE, _CODON_COUNTS = _tables()
-"""Byte -> base code; codon number -> forward / reverse residue (0: no residue) and packed
-counts (1 residue, forward stop << 21, reverse stop << 42)."""
+"""Byte -> base code (a bytes.translate table); codon number -> forward / reverse residue (0:
+no residue); field width -> packed counts per codon number (1 residue, forward stop << bits,
+reverse stop << 2 bits). 10-bit fields (int32, summed modulo 2**32: a range's sum is exact
+while each field stays below 1024) serve chunks up to 3069 bases, 21-bit ones (int64) the
+rest."""
 
 
 def chunk_table(
@@ -75,15 +79,14 @@ def chunk_table(
     return read, k + 1, start, length
 
 
-def codon_index(bases: np.ndarray) -> np.ndarray:
+def codon_index(bases: np.ndarray | bytes) -> np.ndarray:
     """Codon number (0-124, uint8) of the triple starting at every position of `bases`
     (upper-case bytes); the last two positions see padding and give codons with no residue."""
-    codes = np.empty(len(bases) + 2, dtype=np.uint8)
-    codes[: len(bases)] = _BASE_CODE[bases]
-    codes[len(bases) :] = _OTHER
+    codes = np.frombuffer(bytes(bases).translate(_BASE_CODE) + b"\xff\xff", dtype=np.uint8)
     number = codes[:-2] * np.uint8(25)
     number += codes[1:-1] * np.uint8(5)
     number += codes[2:]
+    number[-2:] = 124
     return number
 
 
@@ -99,26 +102,39 @@ def _frame_spans(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, n
     )
 
 
+def _phase_prefix(counts: np.ndarray) -> np.ndarray:
+    """`prefix[p + 3]` = sum of `counts[q]` for q <= p, q = p mod 3 (every third position,
+    as a frame reads codons); `prefix[0:3]` = 0. Sums wrap in the counts' integer type."""
+    rows = -(-len(counts) // 3)
+    padded = np.zeros(3 * rows, dtype=counts.dtype)
+    padded[: len(counts)] = counts
+    prefix = np.zeros((rows + 1, 3), dtype=counts.dtype)
+    by_phase = padded.reshape(rows, 3)
+    for phase in range(3):
+        np.cumsum(by_phase[:, phase], out=prefix[1:, phase])
+    return prefix.reshape(-1)
+
+
 def frame_table(
-    bases: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    bases: np.ndarray | bytes, starts: np.ndarray, lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(residues, kept) per chunk and frame, shape (chunks, 6), frames F1, F2, F3, R1, R2, R3.
 
-    `starts`/`lengths` locate each chunk in `bases`; `residues` is the length of the frame's
-    protein and `kept` says whether VirNucPro keeps it (not empty, no stop codon).
+    `starts`/`lengths` locate each chunk in `bases`; `kept` says whether VirNucPro keeps the
+    frame (not empty, no stop codon) and `residues` is then the length of its protein.
     """
-    counts = _CODON_COUNTS[codon_index(bases)]
-    padded = -len(counts) % 3
-    prefix = np.zeros(len(counts) + padded + 3, dtype=np.int64)
-    prefix[3 : 3 + len(counts)] = counts
-    by_phase = prefix.reshape(-1, 3)
-    np.cumsum(by_phase, axis=0, out=by_phase)
-    first, count = _frame_spans(np.asarray(starts, np.int64), np.asarray(lengths, np.int64))
-    totals = prefix[first + 3 * count] - prefix[first]
-    residues = totals & _FIELD_MASK
+    lengths = np.asarray(lengths, np.int64)
+    bits = (
+        _NARROW_BITS if not len(lengths) or lengths.max() < 3 * (1 << _NARROW_BITS) else _WIDE_BITS
+    )
+    mask = (1 << bits) - 1
+    prefix = _phase_prefix(_CODON_COUNTS[bits].take(codon_index(bases)))
+    first, count = _frame_spans(np.asarray(starts, np.int64), lengths)
+    totals = (prefix[first + 3 * count] - prefix[first]).astype(np.int64)
+    residues = totals & mask
     stops = np.empty_like(totals)
-    stops[:, :3] = (totals[:, :3] >> _FIELD_BITS) & _FIELD_MASK
-    stops[:, 3:] = totals[:, 3:] >> (2 * _FIELD_BITS)
+    stops[:, :3] = (totals[:, :3] >> bits) & mask
+    stops[:, 3:] = (totals[:, 3:] >> (2 * bits)) & mask
     return residues, (residues > 0) & (stops == 0)
 
 
