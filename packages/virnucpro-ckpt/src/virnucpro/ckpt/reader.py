@@ -25,9 +25,12 @@ from virnucpro.ckpt.layout import (
     offsets_name,
     pooled_name,
 )
+from virnucpro.ckpt.verify import CHECKSUMS_ATTR
 
 LAYER_GROUP = re.compile(r"^layer_(?P<layer>\d+)$")
 SHOWN_IDS = 3
+# Attributes about the file itself, not the run's configuration.
+FILE_ATTRS = frozenset({CHECKSUMS_ATTR})
 
 
 def open_embeddings(path: str | Path) -> Embeddings:
@@ -86,7 +89,9 @@ class Embeddings:
         self._outputs = dict(sorted(outputs.items()))
         self.layers: tuple[int, ...] = tuple(self._outputs)
         self.poolings: tuple[str, ...] = tuple(sorted(set().union(*self._outputs.values())))
-        self.config: dict[str, Any] = {k: _decode(v) for k, v in handle.attrs.items()}
+        self.config: dict[str, Any] = {
+            k: _decode(v) for k, v in handle.attrs.items() if k not in FILE_ATTRS
+        }
         self._size = int(handle["ids"].shape[0])
         self._ids: tuple[str, ...] | None = None
         self._rows: dict[str, int] | None = None
