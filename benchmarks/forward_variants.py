@@ -3,21 +3,23 @@ checks each against an fp32 forward of the same weights, to choose how `PackedES
 compiles. Writes one JSON object (rewritten after every variant, so a run cut short
 keeps what it measured):
 
-    python3 benchmarks/forward_variants.py --out benchmarks/results/forward_variants_h200.json \\
-        --plan esm2_t33_650M_UR50D=baseline,default,max-autotune \\
-        --plan esm2_t36_3B_UR50D=baseline,max-autotune
+    python3 benchmarks/forward_variants.py --profile \\
+        --out benchmarks/results/forward_variants_h200.json \\
+        --plan esm2_t33_650M_UR50D=baseline,plain,tuned,fused-gelu \\
+        --plan esm2_t36_3B_UR50D=baseline,plain,tuned,fused-gelu
 
 Variants (all bf16, varlen attention, random seeded weights):
 
-- `baseline`: the forward as it was before this benchmark's change: two compiled graphs
-  per layer (before and after attention), automatic dynamic shapes (compiled static on
-  the first batch, again dynamic on the second size);
-- `default`, `max-autotune`: `PackedESM2(compile=True, compile_mode=...)` as shipped
-  (the residual add of block i fused with block i+1's layer norm; token count marked
-  dynamic up front, so one compilation);
-- `tma`, `triton-only`, `gemm-autotune`: inductor options tried on the shipped structure
-  (persistent TMA matmul templates; Triton templates only, no cuBLAS; matmul autotuning
-  without coordinate descent).
+- `baseline`: the forward before this change (today's path): per layer one compiled
+  graph before attention and one after, automatic dynamic shapes, inductor's plain
+  options;
+- `plain`, `tuned`, `fused-gelu`: `PackedESM2(compile=True, compile_mode=...)` as
+  shipped: the residual add of block i and block i+1's layer norm in one compiled step,
+  fc1 + GELU compiled on its own, the token count marked dynamic up front (one
+  compilation); the modes' inductor options are `packed.COMPILE_MODES`;
+- `max-autotune`, `tma`, `triton-only`: inductor options tried on the shipped structure
+  (matmul autotuning against cuBLAS; with persistent TMA Triton templates; Triton
+  templates only).
 
 Per variant: tokens/s over `--passes` timed passes of the speed set (reads-like, 60-166
 aa), its ratio to `baseline` in the same run, MFU against a bf16 matmul measured in the
@@ -47,13 +49,20 @@ import torch.nn.functional as F
 
 from virnucpro.data import plan_batches
 from virnucpro.infer import PackedESM2, load_model
-from virnucpro.infer.packed import COMPILE_MODES, _make_block_functions
+from virnucpro.infer.packed import (
+    COMPILE_MODES,
+    _make_block_functions,
+    resolve_layers,
+    rotary_tables,
+)
+from virnucpro.infer.packed_layout import build_layout
 from virnucpro.infer.pooling import mean_over_residues
 
 Batch = tuple[torch.Tensor, torch.Tensor, int]
 BUDGETS = {"esm2_t33_650M_UR50D": 32768, "esm2_t36_3B_UR50D": 16384}
 SPEED_COUNTS = {"esm2_t33_650M_UR50D": 4000, "esm2_t36_3B_UR50D": 1500}
 EXPERIMENTS = {
+    "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
     "tma": {
         "max_autotune": True,
         "coordinate_descent_tuning": True,
@@ -65,7 +74,6 @@ EXPERIMENTS = {
         "triton.enable_persistent_tma_matmul": True,
         "max_autotune_gemm_backends": "TRITON",
     },
-    "gemm-autotune": {"max_autotune_gemm": True},
 }
 WARMUP_BATCHES = 4
 DEVICE = "cuda:0"
@@ -89,35 +97,60 @@ def make_batches(lengths: np.ndarray, budget: int, device: torch.device, seed: i
     return batches
 
 
-def legacy(forward: PackedESM2) -> PackedESM2:
-    """The forward before the fused step: project and finish compiled separately (the
-    residual add and the next layer norm are two passes), automatic dynamic shapes."""
-    first = forward.model.layers[0]
-    q_scale = 1.0 if forward.attention.applies_scale else first.self_attn.scaling
-    project, _, finish = _make_block_functions(
-        forward.num_heads, q_scale, first.self_attn_layer_norm.eps
-    )
-    project, finish = torch.compile(project), torch.compile(finish)
+class Legacy(PackedESM2):
+    """The forward before the fused step: per layer one compiled graph before attention
+    and one after it (the residual add and the next layer norm are two passes),
+    automatic dynamic shapes (compiled static on the first batch, again dynamic on the
+    second size), inductor's plain options."""
 
-    def step(x, attended, cos, sin, *weights):
-        x = finish(x, attended, *weights[:8])
-        return (x, *project(x, cos, sin, *weights[8:]))
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model, attention="varlen")
+        first = model.layers[0]
+        q_scale = 1.0 if self.attention.applies_scale else first.self_attn.scaling
+        eps = first.self_attn_layer_norm.eps
+        project, mix, expand, _, finish = _make_block_functions(self.num_heads, q_scale, eps)
 
-    forward._project, forward._step, forward._finish = project, step, finish
-    return forward
+        def after_attention(x, attended, wo, bo, ln_w, ln_b, w1, b1, w2, b2):
+            x, h = mix(x, attended, wo, bo, ln_w, ln_b)
+            return finish(x, expand(h, w1, b1), w2, b2)
+
+        self._before, self._after = torch.compile(project), torch.compile(after_attention)
+
+    @torch.inference_mode()
+    def __call__(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(-1,)):
+        wanted = resolve_layers(repr_layers, self.num_layers)
+        layout = build_layout(cu_seqlens, max_seqlen, input_ids.shape[0])
+        x = self._embed(input_ids, layout)
+        cos, sin = rotary_tables(layout.positions, self.head_dim)
+        prepared = self.attention.prepare(layout)
+        representations = {}
+        for index in range(max(wanted)):
+            project_weights, mix_weights, expand_weights, finish_weights = self._weights[index]
+            q, k, v = self._before(x, cos, sin, *project_weights)
+            attended = self.attention.attend(q, k, v, prepared)
+            x = self._after(x, attended, *mix_weights, *expand_weights, *finish_weights)
+            if index + 1 in wanted and index + 1 != self.num_layers:
+                representations[index + 1] = x
+        if self.num_layers in wanted:
+            representations[self.num_layers] = self.model.emb_layer_norm_after(x)
+        return representations
 
 
 def build(model: torch.nn.Module, variant: str) -> PackedESM2:
     if variant == "baseline":
-        return legacy(PackedESM2(model, attention="varlen"))
+        return Legacy(model)
     if variant in COMPILE_MODES:
         return PackedESM2(model, attention="varlen", compile=True, compile_mode=variant)
     forward = PackedESM2(model, attention="varlen")
-    blocks = (forward._project, forward._step, forward._finish)
+    blocks = (forward._project, forward._mix, forward._expand, forward._step, forward._finish)
     options = EXPERIMENTS[variant]
-    forward._project, forward._step, forward._finish = (
-        torch.compile(block, options=options) for block in blocks
-    )
+    (
+        forward._project,
+        forward._mix,
+        forward._expand,
+        forward._step,
+        forward._finish,
+    ) = (torch.compile(block, options=options) for block in blocks)
     forward._mark_dynamic = True
     return forward
 

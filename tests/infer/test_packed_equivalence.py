@@ -8,15 +8,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virnucpro.infer import PackedESM2
+from virnucpro.infer.packed import COMPILE_MODES, DEFAULT_COMPILE_MODE
 
 TOLERANCE = 1e-5
 SIZES = [(1, 16, 2), (2, 32, 4), (4, 64, 8)]
 RESIDUES = "LAGVSERTIDPKQNFYMHWCXBUZO"
 
 
-def assert_matches_fair_esm(model, packing, sequences, layers, attention="auto", compile=False):
+def assert_matches_fair_esm(model, packing, sequences, layers, attention="auto", compile=None):
+    """`compile`: a compile mode, or None for eager."""
     input_ids, cu_seqlens, max_seqlen, parts = packing.pack(sequences)
-    packed = PackedESM2(model, attention=attention, compile=compile)
+    packed = PackedESM2(
+        model,
+        attention=attention,
+        compile=compile is not None,
+        compile_mode=compile or DEFAULT_COMPILE_MODE,
+    )
     out = packed(input_ids, cu_seqlens, max_seqlen, layers)
     fair_layers = sorted({layer % (model.num_layers + 1) for layer in layers})
     assert sorted(out) == fair_layers
@@ -142,13 +149,21 @@ def test_cu_seqlens_must_be_int32(make_esm2, packing):
         PackedESM2(model)(input_ids, cu_seqlens.long(), max_seqlen, [-1])
 
 
-def test_compiled_forward_equals_fair_esm(make_esm2, packing):
+@pytest.mark.parametrize("mode", list(COMPILE_MODES))
+def test_compiled_forward_equals_fair_esm(make_esm2, packing, mode):
+    """Every compile mode on the CPU (where the fused fc1 + GELU falls back to inductor's
+    CPU code), through batches of two sizes (one compilation, token count dynamic)."""
     model = make_esm2(2, 32, 4, seed=6)
     worst = assert_matches_fair_esm(
-        model, packing, ["MKTAYIAKQR", "A", "GG<mask>LLP" * 9], [0, 1, 2], compile=True
+        model, packing, ["MKTAYIAKQR", "A", "GG<mask>LLP" * 9], [0, 1, 2], compile=mode
     )
     assert worst <= TOLERANCE
-    assert_matches_fair_esm(model, packing, ["MK", "ACDEFGHIKLMN" * 30], [1, 2], compile=True)
+    assert_matches_fair_esm(model, packing, ["MK", "ACDEFGHIKLMN" * 30], [1, 2], compile=mode)
+
+
+def test_unknown_compile_mode_is_refused(make_esm2):
+    with pytest.raises(ValueError, match="unknown compile_mode 'fastest'; choose one of plain"):
+        PackedESM2(make_esm2(1, 16, 2), compile=True, compile_mode="fastest")
 
 
 def test_rotary_positions_restart_far_into_a_large_batch(make_esm2, packing):

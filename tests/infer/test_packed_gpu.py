@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from virnucpro.infer import PackedESM2, load_model
 from virnucpro.infer.attention import varlen_attn
-from virnucpro.infer.packed import COMPILE_MODES
+from virnucpro.infer.packed import COMPILE_MODES, DEFAULT_COMPILE_MODE
 
 pytestmark = [
     pytest.mark.gpu,
@@ -93,7 +93,7 @@ def test_bf16_packed_matches_fair_esm_fp32(name, packing):
     for attention, mode in backends_to_check():
         compiled = mode is not None
         packed = PackedESM2(
-            model, attention=attention, compile=compiled, compile_mode=mode or "default"
+            model, attention=attention, compile=compiled, compile_mode=mode or DEFAULT_COMPILE_MODE
         )
         out = packed(input_ids, cu_seqlens, max_seqlen, layers)
         outputs[(attention, mode)] = out
