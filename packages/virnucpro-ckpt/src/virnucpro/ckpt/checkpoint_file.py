@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 
 from virnucpro.ckpt.batch import CheckpointBatch, check_offsets, is_offsets
 from virnucpro.ckpt.errors import InvalidCheckpointError, one_line
-from virnucpro.ckpt.fsio import publish
 from virnucpro.ckpt.layout import CHECKPOINT_NAME, RANK_DIR_NAME, output_names, temp_path
+from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, write_hdf5_atomically
 
 FORMAT_VERSION = 1
 ROW_DATASETS = ("indices", "ids", "lengths", "truncated")
@@ -68,6 +67,7 @@ def write_checkpoint_file(path: Path, batch: CheckpointBatch, attrs: Mapping[str
 
     The file is built under a temporary name, fsynced, renamed into place and the
     directory fsynced, so a kill at any moment leaves either no file or a whole one.
+    A full disk raises DiskFullError and leaves no temporary file.
     """
     batch = batch.sorted_by_index()
     tmp = temp_path(path)
@@ -75,7 +75,8 @@ def write_checkpoint_file(path: Path, batch: CheckpointBatch, attrs: Mapping[str
     header["format_version"] = FORMAT_VERSION
     header["num_sequences"] = len(batch)
     header["data_checksum"] = batch_checksum(batch)
-    with h5py.File(tmp, "w") as f:
+
+    def fill(f: h5py.File) -> None:
         f.create_dataset("indices", data=batch.indices)
         f.create_dataset(
             "ids", data=np.array(batch.ids, dtype=object), dtype=h5py.string_dtype("utf-8")
@@ -86,10 +87,9 @@ def write_checkpoint_file(path: Path, batch: CheckpointBatch, attrs: Mapping[str
             f.create_dataset(name, data=value)
         for key, value in header.items():
             f.attrs[key] = json.dumps(value)
-        f.flush()
-    size = os.path.getsize(tmp)
-    publish(tmp, path)
-    return size
+
+    needed = batch.nbytes + sum(len(i) + 16 for i in batch.ids) + HDF5_OVERHEAD_BYTES
+    return write_hdf5_atomically(path, tmp, fill, needed)
 
 
 def batch_checksum(batch: CheckpointBatch) -> str:

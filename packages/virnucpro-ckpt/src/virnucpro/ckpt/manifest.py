@@ -23,6 +23,7 @@ from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS
 from virnucpro.ckpt.errors import CheckpointError, ManifestMismatchError, ManifestTamperedError
 from virnucpro.ckpt.fsio import publish_exclusive
 from virnucpro.ckpt.layout import CHECKPOINT_NAME, MANIFEST_NAME, iter_rank_dirs
+from virnucpro.ckpt.safe_write import disk_full_error, is_disk_full
 
 CHECKSUM_KEY = "manifest_sha256"
 # What every checkpoint header records of the manifest (versions may differ by session).
@@ -68,8 +69,15 @@ def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> Path:
     tmp = run_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
     content = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
     content[CHECKSUM_KEY] = manifest_checksum(content)
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    if not publish_exclusive(tmp, final):
+    try:
+        tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        published = publish_exclusive(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full_error(final) from None
+        raise
+    if not published:
         raise CheckpointError(f"{final} exists already; resume the run or use a new directory")
     return final
 

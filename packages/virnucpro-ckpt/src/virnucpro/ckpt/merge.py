@@ -20,7 +20,6 @@ import numpy as np
 from virnucpro.ckpt.batch import offsets_from_lengths
 from virnucpro.ckpt.checkpoint_file import validate_checkpoint_hdf5
 from virnucpro.ckpt.errors import InvalidCheckpointError, MergeError
-from virnucpro.ckpt.fsio import publish
 from virnucpro.ckpt.layout import (
     CHECKPOINT_NAME,
     MERGED_NAME,
@@ -31,6 +30,7 @@ from virnucpro.ckpt.layout import (
     output_names,
 )
 from virnucpro.ckpt.manifest import read_manifest
+from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, write_hdf5_atomically
 from virnucpro.ckpt.verify import CHECKSUMS_ATTR, DatasetDigests
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
@@ -53,7 +53,8 @@ def merge_checkpoints(
 
     Every checkpoint must be valid (run resume first to move bad files aside), and
     every input index must be held by exactly one of them: a missing or duplicated
-    row is named in the error.
+    row is named in the error. Too little free space raises DiskFullError (checked
+    first, and again if the disk fills while writing); no temporary file is left.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -63,16 +64,35 @@ def merge_checkpoints(
     names = output_names(manifest["layers"], manifest["pooling"])
     final = run_dir / MERGED_NAME
     tmp = run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
-    try:
-        with h5py.File(tmp, "w") as out, _FileCache() as cache:
+
+    def fill(out: h5py.File) -> None:
+        with _FileCache() as cache:
             _write_merged(
                 out, manifest, names, sources, lengths, truncated, cache, memory_budget_bytes
             )
-            out.flush()
-        publish(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_hdf5_atomically(final, tmp, fill, merged_size(manifest, names, lengths, sources))
     return final
+
+
+def merged_size(
+    manifest: Mapping[str, Any], names: list[str], lengths: np.ndarray, sources: list[_Source]
+) -> int:
+    """About how many bytes the merged file takes: the float outputs, the row datasets,
+    the ids (their bytes in the checkpoints) and HDF5's own overhead."""
+    width = int(manifest["embed_dim"])
+    rows, tokens = lengths.shape[0], int(lengths.sum())
+    values = sum(
+        (tokens if n.endswith("/per_token") else rows) * width * 4
+        for n in names
+        if not n.endswith("_offsets")
+    )
+    offsets = sum(8 * (rows + 1) for n in names if n.endswith("_offsets"))
+    ids = 0
+    for source in sources:
+        with h5py.File(source.path, "r") as f:
+            ids += f["ids"].id.get_storage_size() + 2 * source.indices.shape[0] * 16
+    return values + offsets + rows * 9 + ids + HDF5_OVERHEAD_BYTES
 
 
 def _load_sources(

@@ -2,7 +2,9 @@
 
 The queue is bounded: the producer waits only when ``max_pending`` checkpoints are
 already queued (the disk truly fell behind); nothing is ever dropped. A failed write
-is raised in the producer at its next call, by ``wait_all`` and by ``shutdown``.
+is raised in the producer at its next call, by ``wait_all`` and by ``shutdown``;
+a full disk as DiskFullError (one line: where, how much is needed), anything else as
+CheckpointWriteError.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from virnucpro.ckpt.batch import CheckpointBatch
 from virnucpro.ckpt.checkpoint_file import RUN_KEYS, write_checkpoint_file
-from virnucpro.ckpt.errors import CheckpointWriteError
+from virnucpro.ckpt.errors import CheckpointWriteError, DiskFullError, one_line
 from virnucpro.ckpt.layout import checkpoint_path, new_session_id, rank_dir
 
 _POLL_SEC = 0.2
@@ -68,7 +70,7 @@ class AsyncCheckpointWriter:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_pending)
         self._sequence = 0
         self._pending = 0
-        self._errors: list[str] = []
+        self._errors: list[tuple[str, Exception]] = []
         self._reported = 0
         self._idle = threading.Condition()
         self._closed = False
@@ -151,9 +153,17 @@ class AsyncCheckpointWriter:
         with self._idle:
             new = self._errors[self._reported :]
             self._reported = len(self._errors)
+        full = [exc for _text, exc in new if isinstance(exc, DiskFullError)]
+        if full:
+            raise DiskFullError(
+                f"{full[0]} ({len(new)} checkpoint write(s) failed; their rows will be "
+                "computed again on resume)",
+                full[0].path,
+                full[0].needed_bytes,
+            )
         if new:
             raise CheckpointWriteError(
-                f"{len(new)} checkpoint write(s) failed: {'; '.join(new)}; "
+                f"{len(new)} checkpoint write(s) failed: {'; '.join(t for t, _ in new)}; "
                 "their rows are not saved and will be computed again on resume"
             )
 
@@ -177,7 +187,9 @@ class AsyncCheckpointWriter:
             size = write_checkpoint_file(job.path, job.batch, job.attrs)
         except Exception as exc:  # reported to the producer, never swallowed
             with self._idle:
-                self._errors.append(f"{job.path.name}: {type(exc).__name__}: {exc}")
+                self._errors.append(
+                    (f"{job.path.name}: {type(exc).__name__}: {one_line(exc)}", exc)
+                )
         else:
             self.stats.checkpoints_written += 1
             self.stats.sequences_written += len(job.batch)
