@@ -13,9 +13,11 @@ directory removed when the index that built it is garbage collected.
 
 DNA reads (`input_type="dna"`) become the VirNucPro proteins of `virnucpro.data.reads`; entry
 `i` is then one kept frame of one chunk, in the order read, chunk, frame. The index pass
-translates nothing: `six_frames.frame_table` decides, over a buffer of reads per numpy call,
-which frames are kept and how long their proteins are, and the ids are made on demand from
-the read ids, so the pass costs a few microseconds per read. A loader translates just the
+has no per-read Python and translates nothing: `read_records.parse_reads` parses a piece of
+records per numpy call, `six_frames.frame_table` decides which frames are kept and how long
+their proteins are, and ids are made on demand from the read ids, so the pass costs a few
+microseconds of one core per read (not the ~200 the per-chunk, per-frame way took). A loader
+translates just the
 frames of its batch (`read_many`, one gather for the batch), in its own process. Storing the
 proteins instead would cost a spool write of every protein in the serial pass before any GPU
 work, and a spool for plain files that need none today.
@@ -184,12 +186,21 @@ class SequenceIndex:
         holding = np.flatnonzero(self.nonstandard)
         return summarize(self._nonstandard_counts, len(holding), self.ids_of(holding[:limit]))
 
-    def _raw(self, record: int) -> bytes:
-        source = int(self._record_source[record])
+    def _fd(self, source: int) -> int:
         fd = self._fds.get(source)
         if fd is None:
             fd = self._fds[source] = os.open(self._sources[source], os.O_RDONLY)
-        return os.pread(fd, int(self._record_span[record]), int(self._record_offset[record]))
+        return fd
+
+    def _raw_many(self, records: np.ndarray) -> list[bytes]:
+        """Raw bodies (spooled residues for gzip inputs) of these records, in order."""
+        where = zip(
+            self._record_source[records].tolist(),
+            self._record_span[records].tolist(),
+            self._record_offset[records].tolist(),
+            strict=True,
+        )
+        return [os.pread(self._fd(source), span, offset) for source, span, offset in where]
 
     def read(self, i: int) -> bytes:
         """Residues of sequence `i`: upper-cased, `*` stripped; for DNA the translated frame."""
@@ -200,9 +211,9 @@ class SequenceIndex:
         together, one numpy gather for all."""
         indices = np.fromiter(indices, np.int64) if not isinstance(indices, np.ndarray) else indices
         if self.input_type == "protein":
-            return [normalize_protein(self._raw(i)) for i in indices.tolist()]
+            return [normalize_protein(body) for body in self._raw_many(indices)]
         records, where = np.unique(self.read_index[indices], return_inverse=True)
-        reads = [normalize_dna(self._raw(r)) for r in records.tolist()]
+        reads = [normalize_dna(body) for body in self._raw_many(records)]
         read_lengths = np.fromiter(map(len, reads), np.int64, len(reads))
         read_starts = np.cumsum(read_lengths) - read_lengths
         within = self._chunk_start[indices]

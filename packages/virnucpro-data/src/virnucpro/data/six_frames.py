@@ -147,7 +147,7 @@ def translate_chunks(
     lengths = np.asarray(lengths, np.int64)
     frames = np.asarray(frames, np.int64)
     number = codon_index(bases)
-    residue = np.concatenate((_FORWARD_RESIDUE[number], _REVERSE_RESIDUE[number]))
+    residue = np.concatenate((_FORWARD_RESIDUE.take(number), _REVERSE_RESIDUE.take(number)))
     first, count = _frame_spans(starts, lengths)
     rows = np.arange(len(frames))
     first, count = first[rows, frames], count[rows, frames]
