@@ -111,6 +111,7 @@ manifests = st.builds(
     max_length=st.integers(0, 4096),
     checkpoint_every=st.integers(1, 10**6),
     checkpoint_interval=st.floats(0.5, 1e5),
+    checkpoint_bytes=st.integers(1, 2**40),
     output_format=st.just("hdf5"),
     versions=st.just({"torch": "2.13.0"}),
 )

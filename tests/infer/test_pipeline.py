@@ -66,7 +66,7 @@ def test_every_row_once_and_checkpoints_by_count(tmp_path, make_esm2):
         batches,
         forward,
         "cpu",
-        policy=CheckpointPolicy(every=5),
+        policy=CheckpointPolicy(every=5, interval_s=300.0, max_bytes=2**30),
         num_workers=0,
         on_batch=lambda sequences, tokens: seen.append((sequences, tokens)),
     )
@@ -91,7 +91,7 @@ def test_stop_checkpoints_the_finished_batches(tmp_path, make_esm2):
         batches,
         forward,
         "cpu",
-        policy=CheckpointPolicy(every=1000),
+        policy=CheckpointPolicy(every=1000, interval_s=300.0, max_bytes=2**30),
         num_workers=0,
         on_batch=lambda sequences, tokens: finished.append(sequences),
         should_stop=lambda: len(finished) >= 2,
@@ -99,3 +99,28 @@ def test_stop_checkpoints_the_finished_batches(tmp_path, make_esm2):
     assert outcome.status == STOPPED and outcome.batches == 2
     (stored,) = stored_indices(run_dir)
     assert np.array_equal(np.sort(stored), np.sort(np.concatenate(batches[:2])))
+
+
+def test_rows_held_reaching_the_size_bound_cut_a_checkpoint(tmp_path, make_esm2):
+    """Per-token rows grow with residues: the size bound, not the count, cuts them."""
+    run_dir, manifest, index, forward = setup_run(tmp_path, make_esm2)
+    manifest = {**manifest, "pooling": ["per_token"]}
+    batches = plan_batches(index.lengths, 64)
+    bound = 4 * 16 * 40  # float32 x embed_dim x 40 residues: a batch or two
+    outcome = embed_rank(
+        run_dir,
+        manifest,
+        index,
+        batches,
+        forward,
+        "cpu",
+        policy=CheckpointPolicy(every=1000, interval_s=300.0, max_bytes=bound),
+        num_workers=0,
+    )
+    parts = stored_indices(run_dir)
+    assert len(parts) == len(outcome.checkpoints) > 2
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(20))
+    residues = [int(index.lengths[p].sum()) for p in parts]
+    # Each checkpoint but the last closed at the first batch that reached the bound.
+    largest_batch = max(int(index.lengths[b].sum()) for b in batches)
+    assert all(40 <= r < 40 + largest_batch for r in residues[:-1])

@@ -146,8 +146,9 @@ def run(
     model: Annotated[
         str,
         typer.Option(
-            metavar="NAME|PATH",
-            help=f"fair-esm model name or weights path [default: {RunConfig.model}].",
+            metavar="MODEL",
+            help="fair-esm name, .pt file, Hugging Face hub id or folder "
+            f"(virnucpro models) [default: {RunConfig.model}].",
             show_default=False,
             rich_help_panel=MODEL,
         ),

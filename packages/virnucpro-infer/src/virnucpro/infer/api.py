@@ -44,6 +44,7 @@ def embed(
     max_length: int = RunConfig.max_length,
     checkpoint_every: int = RunConfig.checkpoint_every,
     checkpoint_interval: float = RunConfig.checkpoint_interval,
+    checkpoint_bytes: int = RunConfig.checkpoint_bytes,
     output_format: str = RunConfig.output_format,
     device: str = Placement.device,
     gpus: str | Sequence[int] | GpuSpec = Placement.gpus,
@@ -77,6 +78,7 @@ def embed(
         max_length=max_length,
         checkpoint_every=checkpoint_every,
         checkpoint_interval=checkpoint_interval,
+        checkpoint_bytes=checkpoint_bytes,
         output_format=output_format,
     )
     placement = Placement(device=device, gpus=gpus, processes=processes, workers=workers)

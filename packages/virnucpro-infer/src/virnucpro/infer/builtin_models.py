@@ -1,4 +1,5 @@
-"""Built-in plugin: the ESM-2 (fair-esm) model backend, registered like any plugin's.
+"""Built-in plugin: the ESM-2 backends (fair-esm names and `.pt` files; Hugging Face hub
+ids and folders), registered like any plugin's.
 
 The backend is imported when the hook runs, not when the plugin loads: loading plugins
 (``virnucpro --help``) must not import torch.
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 @hookimpl
 def virnucpro_register_models(registry: ModelRegistry) -> None:
+    from virnucpro.infer.hf_esm2 import HFESM2Backend
     from virnucpro.infer.registry import ESM2Backend
 
+    registry.register(HFESM2Backend())
     registry.register(ESM2Backend())

@@ -41,6 +41,7 @@ FINISHED = "finished"
 STOPPED = "stopped"
 REASON_STOP = "stop_signal"
 REASON_FINAL = "final"
+REASON_SIZE = "size"
 
 BatchCallback = Callable[[int, int], None]
 """``on_batch(sequences, tokens)`` after each finished batch (BOS/EOS counted as tokens)."""
@@ -48,10 +49,14 @@ BatchCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
-    """When a rank checkpoints: after ``every`` sequences or ``interval_s`` seconds."""
+    """When a rank checkpoints: after ``every`` sequences, ``interval_s`` seconds, or
+    once the rows it holds reach ``max_bytes``, whichever comes first. The size bound
+    keeps host memory bounded whatever the pooling: per-token rows of 5,000 proteins
+    are gigabytes, far before 10,000 sequences. The run's values come from RunConfig."""
 
-    every: int = 10_000
-    interval_s: float = 300.0
+    every: int
+    interval_s: float
+    max_bytes: int
 
 
 @dataclass
@@ -78,7 +83,7 @@ def embed_rank(
     *,
     rank: int = 0,
     world_size: int = 1,
-    policy: CheckpointPolicy = CheckpointPolicy(),
+    policy: CheckpointPolicy,
     num_workers: int = 2,
     on_batch: BatchCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -103,8 +108,10 @@ def embed_rank(
     dataset = PackedBatchDataset(index, batches, int(manifest["max_length"]))
     trigger = CheckpointTrigger(policy.every, policy.interval_s)
     pending: list[CheckpointBatch] = []
+    held = [0]
 
     def flush(reason: str) -> None:
+        held[0] = 0
         if pending:
             batch = CheckpointBatch.concatenate(pending)
             allocated, peak = _gpu_memory(device)
@@ -120,6 +127,7 @@ def embed_rank(
         else:
             for result in runner.run(_batches(dataset, num_workers)):
                 pending.append(_rows(result))
+                held[0] += sum(array.nbytes for array in result.outputs.values())
                 tokens = int(result.lengths.sum()) + 2 * result.num_sequences
                 outcome.sequences += result.num_sequences
                 outcome.tokens += tokens
@@ -131,6 +139,8 @@ def embed_rank(
                     outcome.status = STOPPED
                     break
                 fire, reason = trigger.should_checkpoint(result.num_sequences)
+                if not fire and held[0] >= policy.max_bytes:
+                    fire, reason = True, REASON_SIZE
                 if fire:
                     flush(reason)
             else:

@@ -89,7 +89,15 @@ class ESM2Backend:
         dtype: torch.dtype = torch.float32,
     ) -> LoadedModel:
         model = build_random_esm2(info, device) if info.random_weights else load_esm2_file(info)
+        rotary = {
+            name: b.float().clone() for name, b in model.named_buffers() if "inv_freq" in name
+        }
         model.to(device=device, dtype=dtype)
+        # Rotary frequencies stay as stored, in float32: published weights carry them
+        # rounded to fp16 and both reference forwards use those values.
+        for name, frequencies in rotary.items():
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, frequencies.to(device))
         return LoadedModel(model, info)
 
     def packed_forward(
@@ -133,7 +141,8 @@ class ModelRegistry:
         names = ", ".join(b.name for b in self._backends) or "none"
         raise ModelLoadError(
             f"no model backend understands {spec!r} (registered: {names}); "
-            f"pass an ESM-2 name such as esm2_t33_650M_UR50D or a path to a .pt file"
+            "pass an ESM-2 name such as esm2_t33_650M_UR50D, a fair-esm .pt file, a Hugging "
+            "Face hub id such as facebook/esm2_t33_650M_UR50D, or a folder with config.json"
         )
 
 

@@ -48,7 +48,9 @@ def embed_batches(
         device,
         rank=rank,
         world_size=world_size,
-        policy=CheckpointPolicy(manifest.checkpoint_every, manifest.checkpoint_interval),
+        policy=CheckpointPolicy(
+            manifest.checkpoint_every, manifest.checkpoint_interval, manifest.checkpoint_bytes
+        ),
         num_workers=workers,
         on_batch=on_batch,
         should_stop=should_stop,

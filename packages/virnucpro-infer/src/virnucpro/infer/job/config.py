@@ -58,7 +58,10 @@ class RunConfig:
     checkpoint_every: int = 10_000
     """Checkpoint after this many sequences ..."""
     checkpoint_interval: float = 300.0
-    """... or after this many seconds, whichever comes first."""
+    """... or after this many seconds ..."""
+    checkpoint_bytes: int = 2**30
+    """... or once the rows waiting for a checkpoint hold this many bytes (bounded host
+    memory whatever the pooling), whichever comes first."""
     output_format: str = DEFAULT_FORMAT
     """The registered output writer that turns the checkpoints into the result."""
 
@@ -84,6 +87,7 @@ class RunConfig:
         _check(self.max_length >= 0, "max_length", "0 (never truncate) or more")
         _check(self.checkpoint_every >= 1, "checkpoint_every", "at least 1")
         _check(self.checkpoint_interval > 0, "checkpoint_interval", "more than 0 seconds")
+        _check(self.checkpoint_bytes >= 1, "checkpoint_bytes", "at least 1 byte")
         if self.layers is not None:
             _check(bool(self.layers), "layers", "at least one layer, or None for the last")
             _check(len(set(self.layers)) == len(self.layers), "layers", "no layer twice")
@@ -108,6 +112,7 @@ class RunConfig:
                 max_length=int(manifest["max_length"]),
                 checkpoint_every=int(manifest["checkpoint_every"]),
                 checkpoint_interval=float(manifest["checkpoint_interval"]),
+                checkpoint_bytes=int(manifest["checkpoint_bytes"]),
                 output_format=manifest.get("output_format", DEFAULT_FORMAT),
             )
         except (KeyError, TypeError, ValueError) as exc:

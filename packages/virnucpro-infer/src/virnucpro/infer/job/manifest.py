@@ -64,6 +64,7 @@ class RunManifest:
     max_length: int
     checkpoint_every: int
     checkpoint_interval: float
+    checkpoint_bytes: int
     output_format: str
     versions: dict[str, str]
 
@@ -100,6 +101,7 @@ def _legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
         "model_backend": "esm2",
         "num_layers": max(data.get("layers") or [0]),
         "output_format": "hdf5",
+        "checkpoint_bytes": 2**30,
     }
 
 

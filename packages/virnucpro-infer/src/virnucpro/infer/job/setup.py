@@ -111,6 +111,7 @@ def set_up_run(
         max_length=config.max_length,
         checkpoint_every=config.checkpoint_every,
         checkpoint_interval=config.checkpoint_interval,
+        checkpoint_bytes=config.checkpoint_bytes,
         output_format=config.output_format,
         versions=package_versions(),
     )
