@@ -197,27 +197,13 @@ def test_plugin_model_and_writer_run_through_the_engine(plugin_path, demo_plugin
     fasta = tmp_path / "in.fasta"
     fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in proteins.items()))
     run_dir = tmp_path / "run"
+    args = [
+        "run", str(fasta), "-o", str(run_dir), "--model", "demo:esm2_t6_8M_UR50D",
+        "--random-weights", "--seed", "5", "--format", "csv", "--device", "cpu", "--workers", "0",
+    ]  # fmt: skip
     out, err = StringIO(), StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = main(
-            [
-                "run",
-                str(fasta),
-                "-o",
-                str(run_dir),
-                "--model",
-                "demo:esm2_t6_8M_UR50D",
-                "--random-weights",
-                "--seed",
-                "5",
-                "--format",
-                "csv",
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-            ]  # fmt: skip
-        )
+        code = main(args)
     assert code == 0, err.getvalue()
     assert out.getvalue().splitlines()[-1] == f"output: {run_dir / 'embeddings.csv'}"
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -28,30 +28,36 @@ AMINO = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 FAST = ["--model", MODEL, "--random-weights", "--seed", str(SEED), "--token-budget", "300"]
 
 
-def _cli_dist(root: Path) -> list[Path]:
-    """virnucpro-cli's entry points from its pyproject.toml, unless it is installed."""
-    try:
-        if any(
-            ep.group == "virnucpro" for ep in metadata.distribution("virnucpro-cli").entry_points
-        ):
-            return []
-    except metadata.PackageNotFoundError:
-        pass
-    project = tomllib.loads((ROOT / "packages/virnucpro-cli/pyproject.toml").read_text())["project"]
-    dist_info = root / "virnucpro_cli-0.1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
-    )
-    entries = "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["virnucpro"].items())
-    (dist_info / "entry_points.txt").write_text(f"[virnucpro]\n{entries}")
-    return [root]
+def _builtin_dists(root: Path) -> list[Path]:
+    """The built-in plugins' entry points (cli: commands; infer: ESM-2 and HDF5) from
+    each package's pyproject.toml, for any package that is not installed."""
+    written = []
+    for package in ("cli", "infer"):
+        project = tomllib.loads(
+            (ROOT / "packages" / f"virnucpro-{package}" / "pyproject.toml").read_text()
+        )["project"]
+        try:
+            dist = metadata.distribution(project["name"])
+            if any(ep.group == "virnucpro" for ep in dist.entry_points):
+                continue
+        except metadata.PackageNotFoundError:
+            pass
+        folder = root / package
+        dist_info = folder / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+        dist_info.mkdir(parents=True)
+        (dist_info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+        )
+        entries = "".join(f"{k} = {v}\n" for k, v in project["entry-points"]["virnucpro"].items())
+        (dist_info / "entry_points.txt").write_text(f"[virnucpro]\n{entries}")
+        written.append(folder)
+    return written
 
 
 @pytest.fixture(scope="session")
 def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment of a ``virnucpro`` subprocess importing this source tree."""
-    paths = [*_cli_dist(tmp_path_factory.mktemp("cli-dist")), *SOURCES]
+    paths = [*_builtin_dists(tmp_path_factory.mktemp("builtin-dists")), *SOURCES]
     env = {
         k: v
         for k, v in os.environ.items()

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from virnucpro.ckpt import CheckpointWriteError, RunLock
-from virnucpro.cli.errors import ExitCode, translate
-from virnucpro.cli.failures import translate_pipeline_error
+from virnucpro.ckpt import DiskFullError as CheckpointDiskFullError
+from virnucpro.cli.errors import ExitCode, as_known, exit_code_of
+from virnucpro.infer.job.errors import DiskFullError
+from virnucpro.infer.job.translate import as_job_error
 
 
 def one_line(result) -> str:
@@ -43,7 +45,7 @@ def test_bad_input(virnucpro, fasta, tmp_path, fast_args, text, code, phrase):
     result = virnucpro(["run", path, "-o", tmp_path / "run", *fast_args])
     assert result.returncode == code
     assert phrase in one_line(result)
-    assert not (tmp_path / "run" / "manifest.json").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_weights_not_available_offline(virnucpro, fasta, tmp_path):
@@ -55,6 +57,7 @@ def test_weights_not_available_offline(virnucpro, fasta, tmp_path):
     assert result.returncode == ExitCode.WEIGHTS_UNAVAILABLE
     line = one_line(result)
     assert "Connection refused" in line and "put esm2_t6_8M_UR50D.pt there" in line
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -83,15 +86,17 @@ def test_layer_the_model_lacks(virnucpro, fasta, tmp_path, fast_args):
 
 
 def test_used_run_dir_force_and_changed_inputs(virnucpro, fasta, tmp_path, fast_args, read_output):
-    """A finished run: `run` again is refused, resume of changed inputs is refused saying
-    which file changed, and --force starts over with the old run moved aside."""
+    """A finished run: the same `run` again says it is complete, resume of changed inputs
+    is refused saying which file changed, and --force starts over with the old run moved
+    beside the run directory."""
     path = fasta(">a\nMKVLA\n>b\nMSTQ\n")
     run_dir = tmp_path / "run"
-    assert virnucpro(["run", path, "-o", run_dir, *fast_args, "--workers", "0"]).returncode == 0
+    args = ["run", path, "-o", run_dir, *fast_args, "--workers", "0"]
+    assert virnucpro(args).returncode == 0
 
-    again = virnucpro(["run", path, "-o", run_dir, *fast_args])
-    assert again.returncode == ExitCode.RUN_DIR_MISMATCH
-    assert f"virnucpro resume {run_dir}" in one_line(again) and "--force" in one_line(again)
+    again = virnucpro(args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"already complete: 2 sequences in {run_dir / 'embeddings.h5'}")
 
     path.write_text(">a\nMKVLA\n>b\nMSTQ\n>c\nMW\n")
     changed = virnucpro(["resume", run_dir])
@@ -99,12 +104,14 @@ def test_used_run_dir_force_and_changed_inputs(virnucpro, fasta, tmp_path, fast_
     assert "in.fasta (17 -> 23 bytes)" in one_line(changed)
     assert "2 -> 3 sequences" in one_line(changed)
 
-    forced = virnucpro(["run", path, "-o", run_dir, *fast_args, "--workers", "0", "--force"])
+    forced = virnucpro([*args, "--force"])
     assert forced.returncode == 0, forced.stderr
     assert list(read_output(run_dir / "embeddings.h5")["ids"]) == ["a", "b", "c"]
-    (replaced,) = run_dir.glob("replaced-*")
+    (replaced,) = tmp_path.glob("run.replaced-*")
+    assert f"--force: the previous run in {run_dir} was moved to {replaced}" in forced.stderr
     assert {p.name for p in replaced.iterdir()} == {"manifest.json", "checkpoints", "embeddings.h5"}
     assert list(read_output(replaced / "embeddings.h5")["ids"]) == ["a", "b"]
+    assert not list(run_dir.glob("*replaced*"))
 
 
 def test_resume_of_a_directory_without_a_run(virnucpro, tmp_path):
@@ -114,12 +121,28 @@ def test_resume_of_a_directory_without_a_run(virnucpro, tmp_path):
 
 
 def test_disk_full_maps_to_its_exit_code():
-    """ENOSPC from the manifest or merge (OSError) and from the background writer."""
-    direct = translate(OSError(errno.ENOSPC, "No space left on device", "run/embeddings.h5"))
-    assert direct is not None and direct.exit_code == ExitCode.DISK_FULL
-    writer = CheckpointWriteError(
-        "1 checkpoint write(s) failed: s_00000.h5: OSError: [Errno 28] No space left on device"
+    """ENOSPC from the manifest or the merge (an OSError) is disk full, exit 10."""
+    direct = as_known(OSError(errno.ENOSPC, "No space left on device", "run/embeddings.h5"))
+    assert isinstance(direct, DiskFullError)
+    assert exit_code_of(direct) == ExitCode.DISK_FULL
+
+
+def test_disk_full_in_checkpoints_is_disk_full():
+    """ckpt's own DiskFullError (a checkpoint write or the merge) and any error caused by
+    ENOSPC become the engine's DiskFullError, exit 10, their line kept."""
+    from_ckpt = CheckpointDiskFullError(
+        "disk full: cannot write run/checkpoints/rank_0/s_00000.h5 (needs about 2.0 MiB, "
+        "0 B free); free space there and run resume (finished checkpoints are kept)",
+        "run/checkpoints/rank_0/s_00000.h5",
     )
-    mapped = translate_pipeline_error(writer)
-    assert mapped is not None and mapped.exit_code == ExitCode.DISK_FULL
-    assert mapped.message.startswith("disk full")
+    mapped = as_job_error(from_ckpt)
+    assert isinstance(mapped, DiskFullError) and exit_code_of(mapped) == ExitCode.DISK_FULL
+    assert mapped.message == " ".join(str(from_ckpt).split())
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "run/embeddings.h5")
+        except OSError as cause:
+            raise CheckpointWriteError("1 checkpoint write(s) failed") from cause
+    except CheckpointWriteError as caused:
+        mapped = as_job_error(caused)
+    assert isinstance(mapped, DiskFullError) and mapped.message.startswith("disk full")

@@ -16,6 +16,7 @@ from virnucpro.ckpt import (
     MergeError,
     RunLockedError,
 )
+from virnucpro.ckpt import DiskFullError as CheckpointDiskFullError
 from virnucpro.data import InputError
 from virnucpro.infer.job.errors import (
     BadInputError,
@@ -48,6 +49,8 @@ def as_job_error(exc: BaseException) -> JobError | None:
     message = " ".join(str(exc).split())
     if isinstance(exc, JobError):
         return exc
+    if isinstance(exc, CheckpointDiskFullError):
+        return DiskFullError(message)
     if _no_space(exc):
         return DiskFullError(f"disk full: {message}; free some space, then resume the run")
     if isinstance(exc, InputError):
