@@ -9,6 +9,7 @@ from virnucpro.ckpt import (
     inspect_run,
     merge_checkpoints,
     quarantine_messages,
+    remove_stale_temporaries,
     resume_from_checkpoints,
 )
 
@@ -38,7 +39,7 @@ def test_resume_returns_sorted_unique_done_across_ranks(make_run, write_rows):
     assert result.quarantined == []
 
 
-def test_damaged_partial_and_stray_files_move_aside_never_deleted(make_run, write_rows):
+def test_damaged_and_stray_files_move_aside_and_temporaries_are_removed(make_run, write_rows):
     run_dir, manifest = make_run(40)
     paths = write_rows(run_dir, manifest, [np.arange(0, 10), np.arange(10, 20), np.arange(20, 30)])
     with open(paths[1], "r+b") as f:
@@ -49,17 +50,40 @@ def test_damaged_partial_and_stray_files_move_aside_never_deleted(make_run, writ
     stray.write_text("x")
     merge_temp = run_dir / ".embeddings.h5.abc.tmp"
     merge_temp.write_bytes(b"half")
+    manifest_temp = run_dir / ".manifest.json.123.tmp"
+    manifest_temp.write_text("{")
+    (run_dir / "quarantine").mkdir()
+    old_merge_temps = [
+        run_dir / "quarantine" / n for n in (".embeddings.h5.x.tmp", ".embeddings.h5.x.tmp.1")
+    ]
+    kept = run_dir / "quarantine" / "rank_0__old_00001.h5"
+    for path in (*old_merge_temps, kept):
+        path.write_bytes(b"old")
     with RunLock(run_dir):
         result = resume_from_checkpoints(run_dir, manifest)
     assert result.done_indices.tolist() == list(range(10))
     moved = {q.source: q for q in result.quarantined}
-    assert set(moved) == {paths[1], partial, stray, merge_temp}
+    assert set(moved) == {paths[1], stray}
     assert "unreadable" in moved[paths[1]].reason
-    assert "temporary" in moved[partial].reason
     for q in result.quarantined:
         assert q.destination.parent == run_dir / "quarantine" and q.destination.exists()
         assert not q.source.exists()
     assert moved[paths[1]].destination.stat().st_size == 300
+    removed = [partial, merge_temp, manifest_temp, *old_merge_temps]
+    assert sorted(result.removed_temporaries) == sorted(removed)
+    assert not any(p.exists() for p in removed) and kept.exists()
+    assert list(run_dir.rglob("*.tmp*")) == []
+
+
+def test_temporaries_of_a_session_still_writing_stay(make_run, write_rows):
+    run_dir, manifest = make_run(20)
+    (path,) = write_rows(run_dir, manifest, [np.arange(5)], session="live")
+    writing = path.with_name("live_00001.h5.tmp")
+    writing.write_bytes(b"x")
+    stale = path.with_name("dead_00000.h5.tmp")
+    stale.write_bytes(b"x")
+    assert remove_stale_temporaries(run_dir, keep_sessions={"live"}) == [stale]
+    assert writing.exists()
 
 
 def test_report_only_mode_moves_nothing(make_run, write_rows):

@@ -39,6 +39,7 @@ from virnucpro.ckpt.resume import (
     quarantine_messages,
     resume_from_checkpoints,
 )
+from virnucpro.ckpt.stale import remove_stale_temporaries
 from virnucpro.ckpt.trigger import CheckpointTrigger
 from virnucpro.ckpt.verify import verify_output
 from virnucpro.ckpt.writer import AsyncCheckpointWriter, WriterStats
@@ -73,6 +74,7 @@ __all__ = [
     "open_embeddings",
     "quarantine_messages",
     "read_manifest",
+    "remove_stale_temporaries",
     "resume_from_checkpoints",
     "validate_checkpoint_hdf5",
     "verify_output",

@@ -1,4 +1,4 @@
-"""Resume: what is done, with damaged or partial files moved aside, never deleted."""
+"""Resume: what is done; damaged files moved aside (never deleted), stale temporaries removed."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 
 from virnucpro.ckpt.checkpoint_file import CheckpointInfo
 from virnucpro.ckpt.fsio import fsync_dir
-from virnucpro.ckpt.layout import QUARANTINE_DIR, TEMP_SUFFIX
+from virnucpro.ckpt.layout import QUARANTINE_DIR
 from virnucpro.ckpt.manifest import check_manifest, check_manifest_integrity
 from virnucpro.ckpt.scan import read_indices, scan_checkpoints
+from virnucpro.ckpt.stale import remove_stale_temporaries
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,14 @@ def quarantine_messages(files: Iterable[QuarantinedFile]) -> list[str]:
 
 @dataclass
 class ResumeResult:
-    """``done_indices``: sorted, unique int64 input indices held by valid checkpoints."""
+    """``done_indices``: sorted, unique int64 input indices held by valid checkpoints;
+    ``removed_temporaries``: stale temporary files deleted (see remove_stale_temporaries)."""
 
     done_indices: np.ndarray
     num_sequences: int
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
     quarantined: list[QuarantinedFile] = field(default_factory=list)
+    removed_temporaries: list[Path] = field(default_factory=list)
 
     @property
     def num_done(self) -> int:
@@ -68,29 +71,24 @@ def resume_from_checkpoints(
     ``manifest``: the configuration asked for now; a change of inputs, model, layers,
     pooling, precision or max length raises ManifestMismatchError. An edited
     manifest.json raises ManifestTamperedError before any file is moved. With ``quarantine``
-    (only while holding the RunLock, before any writer starts) rejected files and
-    stale temporary files move to ``RUN_DIR/quarantine/``; otherwise they are only
-    reported (``destination`` None). ``ignore_sessions``: sessions still writing, e.g.
+    (only while holding the RunLock, before any writer starts) rejected files move to
+    ``RUN_DIR/quarantine/`` and stale temporary files are deleted; otherwise they are
+    only reported (``destination`` None). ``ignore_sessions``: sessions still writing, e.g.
     the current one when each rank computes its own work list.
     """
     run_dir = Path(run_dir)
     stored = check_manifest_integrity(run_dir)
     if manifest is not None:
         stored = check_manifest(run_dir, manifest)
+    removed = remove_stale_temporaries(run_dir, ignore_sessions) if quarantine else []
     scan = scan_checkpoints(run_dir, stored, verify_checksum, ignore_sessions)
-    rejected = list(scan.rejected)
-    if quarantine:
-        rejected += [
-            (path, "partial write (temporary file)")
-            for path in sorted(run_dir.glob(f".*{TEMP_SUFFIX}"))
-        ]
     moved = [
         QuarantinedFile(path, move_aside(run_dir, path) if quarantine else None, reason)
-        for path, reason in rejected
+        for path, reason in scan.rejected
     ]
     parts = [read_indices(info.path) for info in scan.valid]
     done = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-    return ResumeResult(done, int(stored["num_sequences"]), scan.valid, moved)
+    return ResumeResult(done, int(stored["num_sequences"]), scan.valid, moved, removed)
 
 
 def move_aside(run_dir: Path, path: Path) -> Path:
