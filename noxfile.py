@@ -60,5 +60,5 @@ def infer(session: nox.Session) -> None:
 @nox.session
 def cli(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install(DATA, CKPT, INFER, CLI, *TEST_TOOLS)
+    session.install(DATA, CKPT, INFER, CLI, *TEST_TOOLS, "transformers>=5.0")
     _pytest(session, "tests/cli", "tests/e2e")

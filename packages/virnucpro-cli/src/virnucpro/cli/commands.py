@@ -8,7 +8,9 @@ the same hook a third-party plugin uses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -357,6 +359,43 @@ def inspect_checkpoint(
         print_report(state.console, report)
 
 
+def models(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False,
+) -> None:
+    """The ESM-2 sizes, which are cached here (fair-esm and Hugging Face caches), and
+    which fit on the visible GPUs."""
+    state = app_state(ctx)
+    from virnucpro.infer.catalog import model_catalog, visible_gpus
+
+    entries = model_catalog()
+    if as_json:
+        typer.echo(json.dumps([asdict(entry) for entry in entries]))
+        return
+    table = Table("model", "layers", "width", "params", "bf16", "cached", "fits on")
+    gpus = visible_gpus()
+    for entry in entries:
+        table.add_row(
+            entry.name,
+            str(entry.num_layers),
+            str(entry.embed_dim),
+            f"{entry.num_parameters / 1e6:,.0f}M",
+            f"{entry.bf16_bytes / 2**30:.1f} GiB",
+            str(len(entry.cached)) if entry.cached else "-",
+            ", ".join(entry.fits) or "none" if gpus else "no GPU",
+        )
+    state.console.print(table)
+    for entry in entries:
+        for path in entry.cached:
+            state.console.print(f"{entry.name}: {path}", markup=False, highlight=False)
+    state.console.print(
+        "A model is named as above, as a Hugging Face hub id (facebook/<name>), as a folder "
+        "with config.json, or as a fair-esm .pt file.",
+        markup=False,
+        highlight=False,
+    )
+
+
 def plugins(ctx: typer.Context) -> None:
     """The plugins found in the virnucpro entry-point group, and which loaded."""
     state = app_state(ctx)
@@ -377,4 +416,5 @@ def virnucpro_register_commands(app: typer.Typer) -> None:
     app.command("run", cls=PlainHelpCommand)(run)
     app.command("resume", cls=PlainHelpCommand)(resume)
     app.command("inspect-checkpoint", cls=PlainHelpCommand)(inspect_checkpoint)
+    app.command("models", cls=PlainHelpCommand)(models)
     app.command("plugins", cls=PlainHelpCommand)(plugins)

@@ -17,8 +17,14 @@ import numpy as np
 
 from virnucpro.ckpt import CheckpointError, read_manifest, resume_from_checkpoints, write_manifest
 from virnucpro.data import SequenceIndex, build_index
+from virnucpro.infer.catalog import check_fits
 from virnucpro.infer.job.config import RunConfig, resolve_layers
-from virnucpro.infer.job.devices import Target, resolve_precision, resolve_token_budget
+from virnucpro.infer.job.devices import (
+    DTYPES,
+    Target,
+    resolve_precision,
+    resolve_token_budget,
+)
 from virnucpro.infer.job.errors import (
     ConfigError,
     InputsChangedError,
@@ -86,6 +92,7 @@ def set_up_run(
     model = _describe(plugins, config.model, config.random_weights, config.seed)
     layers = resolve_layers(config.layers, model.num_layers)
     precision = resolve_precision(config.precision, target.device)
+    check_fits(model, target.device, DTYPES[precision])
     manifest = RunManifest(
         inputs=[str(Path(path).resolve()) for path in index.files],
         input_sizes=[Path(path).stat().st_size for path in index.files],
@@ -163,6 +170,7 @@ def _resume_stored(
             f"(sha256 {stored.model_checksum} -> {model.checksum}); "
             "restore them, or start over with `virnucpro run ... --force`"
         )
+    check_fits(model, target.device, DTYPES[stored.precision])
     manifest = stored
     if stored.token_budget_auto:
         manifest = stored.with_token_budget(
