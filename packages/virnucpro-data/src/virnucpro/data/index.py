@@ -153,27 +153,29 @@ class SequenceIndex:
                 self._ids = self.ids_of(range(len(self)))
         return self._ids
 
-    def _read_id(self, record: int) -> str:
-        start, end = self._read_id_offsets[record], self._read_id_offsets[record + 1] - 1
-        return self._read_id_blob[start:end].decode("utf-8", "replace")
+    def _read_ids_of(self, records: np.ndarray) -> list[str]:
+        """Ids of these input records, sliced from the blob (no need to decode all of it)."""
+        blob = self._read_id_blob
+        starts = self._read_id_offsets[records].tolist()
+        ends = (self._read_id_offsets[records + 1] - 1).tolist()
+        return [
+            blob[start:end].decode("utf-8", "replace")
+            for start, end in zip(starts, ends, strict=True)
+        ]
 
     def id(self, i: int) -> str:
         """Id of sequence `i`; for DNA `{read}_chunk_{k}{F1..R3}` as VirNucPro names it."""
-        if self.input_type == "protein":
-            return self._read_id(i)
-        label = FRAME_LABELS[self.frame[i]]
-        return f"{self._read_id(self.read_index[i])}_chunk_{self.chunk[i]}{label}"
+        return self.ids_of([i])[0]
 
     def ids_of(self, indices: Iterable[int]) -> list[str]:
         """Ids of the sequences at `indices`, in that order."""
         indices = np.fromiter(indices, np.int64) if not isinstance(indices, np.ndarray) else indices
         if self.input_type == "protein":
-            return [self._read_id(i) for i in indices.tolist()]
-        read_ids = self.read_ids
+            return self._read_ids_of(indices)
         return [
-            f"{read_ids[r]}_chunk_{c}{FRAME_LABELS[f]}"
-            for r, c, f in zip(
-                self.read_index[indices].tolist(),
+            f"{read}_chunk_{chunk}{FRAME_LABELS[frame]}"
+            for read, chunk, frame in zip(
+                self._read_ids_of(self.read_index[indices]),
                 self.chunk[indices].tolist(),
                 self.frame[indices].tolist(),
                 strict=True,
