@@ -11,22 +11,24 @@ from virnucpro.data.tokenizer import UNK_IDX
 STANDARD = b"LAGVSERTIDPKQNFYMHWCXBUZO"
 
 
-def reference(body: str) -> tuple[bytes, int, int]:
-    """(residues, non-standard count, unknown count) of a record body, byte by byte: line
-    breaks go; spaces, tabs and digits are dropped and counted; '.', '-' kept and counted;
+def reference(body: str, wrap: int = 0) -> tuple[bytes, int, int]:
+    """(residues, non-standard count, unknown count) of a record body written in lines of
+    `wrap` characters (0: one line), byte by byte: line breaks and whitespace at either end of
+    a line go; spaces, tabs and digits are dropped and counted; '.', '-' kept and counted;
     trailing '*' stripped, not counted; any other byte not a standard letter is counted and
     stays (an `<unk>`)."""
+    step = wrap or max(1, len(body))
+    lines = [body[i : i + step].encode() for i in range(0, len(body), step)]
     kept = []
     counted = []
-    for byte in body.encode():
-        if byte in b"\r\n":
-            continue
-        if bytes([byte]).upper() in STANDARD:
-            kept.append(bytes([byte]).upper()[0])
-            continue
-        counted.append(len(kept))
-        if byte not in b" \t\v\f0123456789":
-            kept.append(byte)
+    for line in lines:
+        for byte in line.strip(b" \t\r\v\f"):
+            if bytes([byte]).upper() in STANDARD:
+                kept.append(bytes([byte]).upper()[0])
+                continue
+            counted.append(len(kept))
+            if byte not in b" \t\v\f0123456789":
+                kept.append(byte)
     while kept and kept[-1] == ord("*"):
         kept.pop()
         counted.remove(len(kept))
@@ -36,7 +38,7 @@ def reference(body: str) -> tuple[bytes, int, int]:
 
 def test_spaces_and_digits_are_dropped_and_counted(write_fasta):
     path = write_fasta(
-        [("a", "MKT AYI 123"), ("b", "mktayi"), ("c", "MKJ*T-.*"), ("d", "MK\tT#L*")], wrap=4
+        [("a", "MKT AYI 123"), ("b", "mktayi"), ("c", "MKJ*T-.*"), ("d", "MK\tT#L*")], wrap=0
     )
     index = build_index(path)
     assert index.read_many(range(4)) == [b"MKTAYI", b"MKTAYI", b"MKJ*T-.", b"MKT#L"]
@@ -74,8 +76,10 @@ def test_unknown_characters_become_unk_tokens_in_place(write_fasta):
 
 
 def test_clean_input_has_nothing_to_say(write_fasta):
-    index = build_index(write_fasta([("a", "mkTAYIXBUZO*"), ("b", "LL**")], newline="\r\n"))
-    assert index.nonstandard.tolist() == [0, 0]
+    records = [("a", "mkTAYIXBUZO*"), ("b", "LL**"), ("c", "MKT \t  AYI")]
+    index = build_index(write_fasta(records, wrap=5, newline="\r\n"))
+    assert index.read(2) == b"MKTAYI"
+    assert index.nonstandard.tolist() == [0, 0, 0]
     summary = index.nonstandard_summary()
     assert (summary.sequences, summary.first_ids, summary.characters) == (0, [], {})
     assert summary.line() == ""
@@ -96,7 +100,7 @@ def test_clean_input_has_nothing_to_say(write_fasta):
 )
 def test_counts_and_residues_equal_the_character_by_character_rule(write_fasta, bodies, wrap):
     index = build_index(write_fasta([(f"s{i}", b) for i, b in enumerate(bodies)], wrap=wrap))
-    expected = [reference(body) for body in bodies]
+    expected = [reference(body, wrap) for body in bodies]
     assert index.read_many(range(len(bodies))) == [e[0] for e in expected]
     assert index.nonstandard.tolist() == [e[1] for e in expected]
     assert index.unknown_residues.tolist() == [e[2] for e in expected]

@@ -1,8 +1,8 @@
 """Characters of a protein record that are not standard amino-acid letters, and their fate.
 
 Standard: the 25 letters of fair-esm's ESM-1b alphabet (the 20 amino acids, X, B, U, Z, O), in
-either case; line breaks; trailing `*` stops. Anything else in a record body is counted, per
-sequence, and becomes, on reading:
+either case; line breaks and whitespace at either end of a line; trailing `*` stops. Anything
+else in a record body is counted, per sequence, and becomes, on reading:
 
 - whitespace inside a line and digits: dropped. fair-esm's tokenizer drops whitespace too;
   digits are never residues, and where they occur (position numbers of GenBank/EMBL-style
@@ -29,7 +29,8 @@ STANDARD_LETTERS = RESIDUE_CHARACTERS.translate(None, b".-")
 _LINE_BREAKS = b"\r\n"
 _STANDARD_BYTES = STANDARD_LETTERS + STANDARD_LETTERS.lower() + _LINE_BREAKS
 DROPPED_BYTES = b" \t\v\f0123456789"
-"""Dropped on reading: whitespace inside a line (line breaks are not counted) and digits."""
+"""Dropped on reading: whitespace (counted inside a line only) and digits."""
+_LAYOUT = b" \t\r\v\f"
 
 
 def fate(byte: int) -> str:
@@ -42,7 +43,12 @@ def fate(byte: int) -> str:
 
 
 def nonstandard_bytes(body: bytes) -> bytes:
-    """The non-standard bytes of a raw record body, in order, trailing `*` stops excluded."""
+    """The non-standard bytes of a raw record body, in order; whitespace at either end of a
+    line (layout, like the line break) and trailing `*` stops excluded."""
+    odd = body.translate(None, _STANDARD_BYTES)
+    if not odd:
+        return odd
+    body = b"\n".join(line.strip(_LAYOUT) for line in body.split(b"\n"))
     odd = body.translate(None, _STANDARD_BYTES)
     if b"*" not in odd:
         return odd
