@@ -16,7 +16,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 support = importlib.import_module("runner_support")
 
-POOLINGS = ("mean", "bos", "per_token")
+POOLINGS = ("mean", "max", "bos", "per_token")
 
 
 def _cu_seqlens(token_counts):
@@ -56,6 +56,7 @@ def test_pooling_equals_fair_esm_per_sequence(layers):
                     atol=4e-6,
                 )
                 assert torch.equal(pooled[f"layer_{layer}/bos"][i], alone[0])
+                assert torch.equal(pooled[f"layer_{layer}/max"][i], residues.amax(0))
                 assert np.array_equal(per_token[offsets[i] : offsets[i + 1]], residues.numpy())
 
 
@@ -73,6 +74,7 @@ def test_pooling_matches_slices_for_any_packing(lengths, dim, seed):
     pooled = pool_hidden_states({5: hidden}, cu, POOLINGS)
     assert set(pooled) == {
         "layer_5/mean",
+        "layer_5/max",
         "layer_5/bos",
         "layer_5/per_token",
         "layer_5/per_token_offsets",
@@ -88,6 +90,8 @@ def test_pooling_matches_slices_for_any_packing(lengths, dim, seed):
             pooled["layer_5/mean"][i].numpy(), expected_mean.numpy(), rtol=0, atol=1e-6
         )
         assert torch.equal(pooled["layer_5/bos"][i], hidden[start])
+        expected_max = residues.amax(0) if n else torch.zeros(dim)
+        assert torch.equal(pooled["layer_5/max"][i], expected_max)
         assert torch.equal(pooled["layer_5/per_token"][offsets[i] : offsets[i + 1]], residues)
 
 
@@ -101,7 +105,7 @@ def test_pooling_returns_float32_from_half_precision_states():
 
 
 def test_unknown_pooling_is_refused_with_the_valid_names():
-    with pytest.raises(ValueError, match=r"unknown pooling.*cls.*mean, bos, per_token"):
+    with pytest.raises(ValueError, match=r"unknown pooling.*cls.*mean, max, bos, per_token"):
         check_poolings(["mean", "cls"])
     with pytest.raises(ValueError, match="none given"):
         check_poolings([])

@@ -170,14 +170,15 @@ def run(
         str,
         typer.Option(
             metavar="LIST",
-            help="fair-esm layer numbers, comma-separated; negative counts from the last.",
+            help="fair-esm layers: numbers and ranges, comma-separated (33, -1,-2, 20-33, "
+            "-4--1; negative counts from the last), all, or last.",
             rich_help_panel=MODEL,
         ),
     ] = "last",
     pooling: Annotated[
         list[Pooling],
         typer.Option(
-            metavar="[mean|bos|per-token]",
+            metavar="[mean|max|bos|per-token]",
             help="Repeat for several; mean excludes BOS/EOS [default: mean].",
             show_default=False,
             rich_help_panel=MODEL,

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
-from virnucpro.infer.job.config import AUTO
+from virnucpro.infer.job.config import ALL_LAYERS, AUTO
 
 
 class InputType(str, Enum):
@@ -15,6 +16,7 @@ class InputType(str, Enum):
 
 class Pooling(str, Enum):
     mean = "mean"
+    max = "max"
     bos = "bos"
     per_token = "per-token"
 
@@ -42,17 +44,40 @@ def parse_token_budget(text: str) -> int | None:
     return int(cleaned)
 
 
-def parse_layers(text: str) -> tuple[int, ...] | None:
-    """Comma-separated fair-esm layer numbers (negative counts from the last); None = last."""
+LAYER_RANGE = re.compile(r"^(-?\d+)-(-?\d+)$")
+
+
+def parse_layers(text: str) -> tuple[int, ...] | str | None:
+    """fair-esm layer numbers and ranges, comma-separated (``20-33``, ``-4--1``; negative
+    counts from the last); ``last`` (None) or ``all``."""
     cleaned = text.strip().lower()
     if cleaned == "last":
         return None
+    if cleaned == ALL_LAYERS:
+        return ALL_LAYERS
     if not cleaned:
-        raise ValueError("is empty: give layer numbers such as 33 or -1,-2, or 'last'")
-    try:
-        layers = tuple(int(part) for part in cleaned.split(","))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a list of layer numbers such as 33 or -1,-2") from None
+        raise ValueError("is empty: give layers such as 33, -1,-2, 20-33, all or last")
+    layers: list[int] = []
+    for part in cleaned.split(","):
+        layers.extend(_layer_part(part.strip(), text))
     if len(set(layers)) != len(layers):
         raise ValueError(f"a layer is given more than once in {text!r}")
-    return layers
+    return tuple(layers)
+
+
+def _layer_part(part: str, text: str) -> list[int]:
+    found = LAYER_RANGE.match(part)
+    if found is None:
+        try:
+            return [int(part)]
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a list of layers such as 33, -1,-2, 20-33 or -4--1"
+            ) from None
+    first, last = int(found.group(1)), int(found.group(2))
+    if (first < 0) != (last < 0) or first > last:
+        raise ValueError(
+            f"range {part!r} in {text!r}: both ends count from the same side and the "
+            "first is not after the last (20-33, -4--1); use all for every layer"
+        )
+    return list(range(first, last + 1))

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-POOLINGS = ("mean", "bos", "per_token")
+from virnucpro.infer.job.config import POOLINGS
 
 
 def check_poolings(poolings: Sequence[str]) -> tuple[str, ...]:
@@ -46,23 +46,44 @@ def bos_rows(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     return hidden.index_select(0, cu_seqlens[:-1].long()).to(torch.float32)
 
 
-def residue_rows(
-    hidden: torch.Tensor, cu_seqlens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every residue row (BOS/EOS dropped), concatenated, and the (N+1) offsets.
+def _residue_index(
+    num_rows: int, cu_seqlens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed row of every residue, its sequence, the (N+1) residue offsets).
 
-    The number of residues is known from shapes alone (T - 2N), so the gather index
-    is built without a data-dependent size and without a host sync.
+    The number of residues is known from shapes alone (T - 2N), so the index is built
+    without a data-dependent size and without a host sync.
     """
     num_sequences = cu_seqlens.numel() - 1
-    num_residues = hidden.shape[0] - 2 * num_sequences
+    num_residues = num_rows - 2 * num_sequences
     seq_numbers = torch.arange(num_sequences + 1, device=cu_seqlens.device)
     offsets = cu_seqlens.long() - 2 * seq_numbers
     lengths = offsets[1:] - offsets[:-1]
     owner = torch.repeat_interleave(seq_numbers[:-1], lengths, output_size=num_residues)
     # Residue r of sequence s sits after s BOS/EOS pairs and its own BOS.
-    rows = torch.arange(num_residues, device=hidden.device) + 2 * owner + 1
+    rows = torch.arange(num_residues, device=cu_seqlens.device) + 2 * owner + 1
+    return rows, owner, offsets
+
+
+def residue_rows(
+    hidden: torch.Tensor, cu_seqlens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every residue row (BOS/EOS dropped), concatenated, and the (N+1) offsets."""
+    rows, _owner, offsets = _residue_index(hidden.shape[0], cu_seqlens)
     return hidden.index_select(0, rows).to(torch.float32), offsets
+
+
+def max_over_residues(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Per-dimension maximum over each sequence's residues, BOS and EOS excluded (a
+    scatter of maxima: exact and order-independent, so deterministic on the GPU); zero
+    for a sequence without residues, as the mean."""
+    rows, owner, offsets = _residue_index(hidden.shape[0], cu_seqlens)
+    values = hidden.index_select(0, rows).to(torch.float32)
+    result = torch.full((cu_seqlens.numel() - 1, hidden.shape[1]), -torch.inf, device=hidden.device)
+    index = owner.unsqueeze(1).expand(-1, hidden.shape[1])
+    result.scatter_reduce_(0, index, values, "amax", include_self=True)
+    has_residues = (offsets[1:] > offsets[:-1]).unsqueeze(1)
+    return torch.where(has_residues, result, torch.zeros_like(result))
 
 
 def pool_hidden_states(
@@ -77,6 +98,8 @@ def pool_hidden_states(
                 outputs[name] = mean_over_residues(states, cu_seqlens)
             elif pooling == "bos":
                 outputs[name] = bos_rows(states, cu_seqlens)
+            elif pooling == "max":
+                outputs[name] = max_over_residues(states, cu_seqlens)
             else:
                 outputs[name], outputs[f"{name}_offsets"] = residue_rows(states, cu_seqlens)
     return outputs

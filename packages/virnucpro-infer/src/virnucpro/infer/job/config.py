@@ -21,10 +21,11 @@ DEFAULT_MODEL = "esm2_t36_3B_UR50D"
 AUTO = "auto"
 INPUT_TYPES = ("protein", "dna")
 CHUNK_SIZES = (300, 500)
-POOLINGS = ("mean", "bos", "per_token")
+POOLINGS = ("mean", "max", "bos", "per_token")
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 DEVICES = (AUTO, "cpu", "cuda")
 DEFAULT_FORMAT = "hdf5"
+ALL_LAYERS = "all"
 
 
 def pooling_name(name: str) -> str:
@@ -46,8 +47,9 @@ class RunConfig:
     input_type: str = "protein"
     """``dna``: VirNucPro reads mode (six-frame translation of chunked reads)."""
     chunk_size: int = 300
-    layers: tuple[int, ...] | None = None
-    """fair-esm layer numbers (0 = embeddings, negative from the last); None = last."""
+    layers: tuple[int, ...] | str | None = None
+    """fair-esm layer numbers (0 = embeddings, negative from the last); None = the last;
+    ``"all"`` = 0 to the last."""
     pooling: tuple[str, ...] = ("mean",)
     precision: str = AUTO
     """``auto``: bf16 on GPUs that have it (fp16 on older ones), fp32 on the CPU."""
@@ -70,7 +72,8 @@ class RunConfig:
         object.__setattr__(
             self, "pooling", tuple(dict.fromkeys(pooling_name(p) for p in self.pooling))
         )
-        if self.layers is not None:
+        if self.layers is not None and self.layers != ALL_LAYERS:
+            _check(not isinstance(self.layers, str), "layers", f"numbers or {ALL_LAYERS!r}")
             object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
         _check(bool(self.inputs), "inputs", "no input file given")
         _check(self.input_type in INPUT_TYPES, "input_type", f"one of {INPUT_TYPES}")
@@ -88,7 +91,7 @@ class RunConfig:
         _check(self.checkpoint_every >= 1, "checkpoint_every", "at least 1")
         _check(self.checkpoint_interval > 0, "checkpoint_interval", "more than 0 seconds")
         _check(self.checkpoint_bytes >= 1, "checkpoint_bytes", "at least 1 byte")
-        if self.layers is not None:
+        if isinstance(self.layers, tuple):
             _check(bool(self.layers), "layers", "at least one layer, or None for the last")
             _check(len(set(self.layers)) == len(self.layers), "layers", "no layer twice")
 
@@ -152,10 +155,12 @@ class Placement:
             raise ConfigError("gpus: cannot select GPUs with device cpu")
 
 
-def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
+def resolve_layers(layers: Sequence[int] | str | None, num_layers: int) -> tuple[int, ...]:
     """Layers in fair-esm numbering (0 = embeddings, ``num_layers`` = last), sorted."""
     if layers is None:
         return (num_layers,)
+    if layers == ALL_LAYERS:
+        return tuple(range(num_layers + 1))
     resolved = []
     for layer in layers:
         number = layer + num_layers + 1 if layer < 0 else layer
