@@ -6,9 +6,11 @@
 For each model (random weights, seeded, bf16 on GPUs, fp32 on the CPU) the input is the
 same generated data: the 60-166 aa set (six-frame translations of 300 bp reads) and the
 UniRef-like set (log-normal, median 260 aa, clipped to 30..1022), half of the tokens
-each, as two FASTA files of one run. The run is embedded three times, each time through
-``BatchQueueManager`` with the worker code ``virnucpro run --gpus`` uses
-(``virnucpro.cli.device_worker.embedding_worker``: model through the plugin registry,
+each, as two FASTA files of one run. The run is set up as ``virnucpro run`` sets it up
+(``virnucpro.infer.job.setup.set_up_run``: index, model described, ``auto`` precision and
+token budget resolved, manifest written) and embedded three times, each time through
+``BatchQueueManager`` with the worker code of ``virnucpro run --gpus``
+(``virnucpro.infer.job.node_worker.embedding_worker``: model through the plugin registry,
 compiled on CUDA, one unit at a time into its own rank directory, checkpoints and all):
 
 - ``one``: on the first device; ``two``: on the first two devices. Each worker warms up
@@ -40,12 +42,14 @@ import numpy as np
 import torch
 
 from virnucpro.ckpt import merge_checkpoints, resume_from_checkpoints, write_manifest
-from virnucpro.cli.device_worker import embedding_worker
-from virnucpro.cli.plugins import load_plugins
-from virnucpro.cli.run_manifest import build_manifest
-from virnucpro.cli.settings import DTYPES, resolve_token_budget
-from virnucpro.data import build_index, plan_batches
-from virnucpro.infer import BatchQueueManager, ModelRegistry, QueueEvent, cut_into_units
+from virnucpro.data import plan_batches
+from virnucpro.infer import BatchQueueManager, QueueEvent, cut_into_units
+from virnucpro.infer.job.config import RunConfig
+from virnucpro.infer.job.devices import Target
+from virnucpro.infer.job.node_worker import embedding_worker
+from virnucpro.infer.job.reporting import LoggingReporter
+from virnucpro.infer.job.setup import Session, set_up_run
+from virnucpro.infer.plugins import load_plugins
 
 AMINO_ACIDS = np.frombuffer(b"LAGVSERTIDPKQNFYMHWC", dtype=np.uint8)
 MODELS = ["esm2_t33_650M_UR50D", "esm2_t36_3B_UR50D"]
@@ -119,27 +123,27 @@ class Clock:
         }
 
 
-def run_once(setup: dict, devices: list[str], run_dir: Path, kill: bool) -> tuple[dict, Path]:
+def run_once(setup: Session, devices: list[str], run_dir: Path, kill: bool) -> tuple[dict, Path]:
+    """Embed the prepared run again in ``run_dir``: the same manifest, plan and units."""
     run_dir.mkdir(parents=True)
-    write_manifest(run_dir, setup["manifest"])
-    manifest, index = setup["manifest"], setup["index"]
-    batches = plan_batches(index.lengths, int(manifest["token_budget"]), 1022)
-    units = cut_into_units(batches, index.ids, len(devices))
+    manifest = setup.manifest
+    write_manifest(run_dir, manifest.to_dict())
+    session = Session(run_dir, setup.shared, setup.index)
+    batches = plan_batches(setup.index.lengths, manifest.token_budget, manifest.max_length)
+    units = cut_into_units(batches, setup.index.ids, len(devices))
     clock = Clock(len(devices), kill_after=1 if kill else None)
     manager = BatchQueueManager(
         embedding_worker,
         devices,
         worker_kwargs={
-            "run_dir": run_dir,
-            "manifest": manifest,
-            "index": index,
+            "session": session,
             "stop": multiprocessing.get_context("spawn").Event(),
             "world_size": len(devices),
             "warmup": True,
         },
     )
     manager.run(units, clock)
-    resume_from_checkpoints(run_dir, manifest, quarantine=True)
+    resume_from_checkpoints(run_dir, manifest.to_dict(), quarantine=True)
     output = merge_checkpoints(run_dir)
     result = {"devices": devices, "units": len(units), **clock.rate()}
     if kill:
@@ -165,36 +169,14 @@ def compare(reference: Path, other: Path) -> dict:
     }
 
 
-def prepare(model: str, inputs: list[Path], device: str) -> dict:
-    """Index and manifest as `virnucpro run` writes them (model loaded once, then freed)."""
-    torch_device = torch.device(device)
-    precision = "bf16" if torch_device.type == "cuda" else "fp32"
-    index = build_index(inputs)
-    registry = ModelRegistry()
-    load_plugins(os.environ).register_models(registry)
-    backend = registry.resolve(model)
-    loaded = backend.load(
-        model, random_weights=True, seed=0, device=torch_device, dtype=DTYPES[precision]
+def prepare(model: str, inputs: list[Path], device: str, run_dir: Path) -> Session:
+    """The run as `virnucpro run` sets it up on ``device`` (random weights, seed 0;
+    precision and token budget ``auto``), its manifest written in ``run_dir``."""
+    config = RunConfig(inputs=tuple(inputs), model=model, random_weights=True, seed=0)
+    target = Target(torch.device(device), device)
+    return set_up_run(
+        config, run_dir, target, load_plugins(os.environ), LoggingReporter(), force=False
     )
-    layers = (loaded.num_layers,)
-    budget = resolve_token_budget(None, torch_device, loaded.embed_dim, 1, precision, 1022)
-    manifest = build_manifest(
-        index=index,
-        model_name=model,
-        loaded=loaded,
-        layers=layers,
-        pooling=["mean"],
-        precision=precision,
-        token_budget=budget,
-        token_budget_auto=False,
-        max_length=1022,
-        checkpoint_every=10_000,
-        checkpoint_interval=300.0,
-    )
-    del loaded
-    if torch_device.type == "cuda":
-        torch.cuda.empty_cache()
-    return {"manifest": manifest, "index": index}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -233,8 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             inputs = [root / f"{model}_reads.fasta", root / f"{model}_uniref.fasta"]
             generate(inputs[0], "reads", tokens // 2, 1)
             generate(inputs[1], "uniref", tokens // 2, 2)
-            setup = prepare(model, inputs, devices[0])
-            entry: dict = {"token_budget": setup["manifest"]["token_budget"]}
+            setup = prepare(model, inputs, devices[0], root / f"{model}_setup")
+            entry: dict = {
+                "token_budget": setup.manifest.token_budget,
+                "precision": setup.manifest.precision,
+            }
             say(f"{model}: 1 device")
             entry["one"], _ = run_once(setup, devices[:1], root / f"{model}_one", kill=False)
             say(f"{model}: 2 devices")

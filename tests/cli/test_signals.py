@@ -60,10 +60,9 @@ def test_second_signal_exits_at_once(start_loop):
     process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert process.poll() is None, "the first signal must wait for the batch boundary"
-    sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
+    # The batch sleeps 60 s: ending within the 30 s timeout means it did not wait for it.
     stdout, stderr = process.communicate(timeout=30)
-    assert time.monotonic() - sent < 5.0
     assert process.returncode == 143
     assert stdout == ""
     assert stderr.strip().splitlines()[-1] == (
