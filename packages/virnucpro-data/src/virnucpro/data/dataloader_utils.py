@@ -14,15 +14,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from virnucpro.data.packed_batch import arrays_to_tensors
+from virnucpro.data.parent_death import die_with_parent
 
 logger = logging.getLogger(__name__)
 
 
 def cuda_safe_worker_init(worker_id: int) -> None:
-    """Worker start-up: ignore SIGINT, hide all GPUs, stop tokenizer thread pools, seed numpy,
-    check CUDA. A Ctrl-C reaches the whole process group; the main process decides how to
-    stop (at a batch boundary), and a worker dying of it mid-batch would turn that clean stop
-    into a loader error."""
+    """Worker start-up: die with the parent, ignore SIGINT, hide all GPUs, stop tokenizer
+    thread pools, seed numpy, check CUDA. A Ctrl-C reaches the whole process group; the main
+    process decides how to stop (at a batch boundary), and a worker dying of it mid-batch
+    would turn that clean stop into a loader error. A worker outliving a killed parent would
+    stay blocked on its pipe for good (lesson 16)."""
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
