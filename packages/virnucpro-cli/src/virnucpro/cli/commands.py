@@ -22,6 +22,7 @@ from virnucpro.cli.hookspecs import hookimpl
 from virnucpro.cli.options import (
     Device,
     InputType,
+    LongMode,
     Pooling,
     Precision,
     parse_layers,
@@ -223,10 +224,28 @@ def run(
         typer.Option(
             min=0,
             metavar="N",
-            help="Truncate longer sequences (0: never).",
+            help="Residues per pass; longer sequences follow --long (0: no limit).",
             rich_help_panel=DATA,
         ),
     ] = RunConfig.max_length,
+    long: Annotated[
+        LongMode,
+        typer.Option(
+            metavar="[truncate|full|window]",
+            help="Sequences over --max-length: truncate (as fair-esm), full (one pass; "
+            "ESM-2 was trained to 1022), or window (overlapping windows, averaged).",
+            rich_help_panel=DATA,
+        ),
+    ] = LongMode.truncate,
+    window_overlap: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="--long window: residues shared by consecutive windows.",
+            rich_help_panel=DATA,
+        ),
+    ] = RunConfig.window_overlap,
     token_budget: Annotated[
         str,
         typer.Option(
@@ -278,6 +297,8 @@ def run(
         precision=precision.value,
         token_budget=_parsed("--token-budget", parse_token_budget, token_budget),
         max_length=max_length,
+        long=long.value,
+        window_overlap=window_overlap,
         checkpoint_every=checkpoint_every,
         checkpoint_interval=_positive_seconds(checkpoint_interval),
         output_format=output_format,

@@ -21,6 +21,12 @@ class Pooling(str, Enum):
     per_token = "per-token"
 
 
+class LongMode(str, Enum):
+    truncate = "truncate"
+    full = "full"
+    window = "window"
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"

@@ -90,7 +90,7 @@ def embed_rank(
 ) -> RankOutcome:
     """Embed ``batches`` (input indices, e.g. this rank's share of the plan) on ``device``.
 
-    ``manifest``: the run's manifest (``layers``, ``pooling``, ``max_length`` and the keys
+    ``manifest``: the run's manifest (``layers``, ``pooling``, ``max_length``, ``long`` and the keys
     every checkpoint header carries). ``forward``: the backend's packed forward of a model
     already on ``device`` in the run's precision. ``num_workers`` DataLoader processes
     build the batches (0: in this process). Returns ``"finished"`` once every batch is
@@ -105,7 +105,8 @@ def embed_rank(
         return outcome
     layers = [int(layer) for layer in manifest["layers"]]
     runner = AsyncInferenceRunner(forward, device, layers, tuple(manifest["pooling"]))
-    dataset = PackedBatchDataset(index, batches, int(manifest["max_length"]))
+    whole = manifest.get("long", "truncate") != "truncate"
+    dataset = PackedBatchDataset(index, batches, 0 if whole else int(manifest["max_length"]))
     trigger = CheckpointTrigger(policy.every, policy.interval_s)
     pending: list[CheckpointBatch] = []
     held = [0]

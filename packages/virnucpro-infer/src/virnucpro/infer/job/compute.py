@@ -14,6 +14,7 @@ from virnucpro.infer.job.setup import Session
 from virnucpro.infer.pipeline import CheckpointPolicy, RankOutcome, embed_rank
 from virnucpro.infer.plugins import PluginHost
 from virnucpro.infer.registry import PackedForward
+from virnucpro.infer.windows import WindowedForward
 
 
 def load_forward(session: Session, device: torch.device, plugins: PluginHost) -> PackedForward:
@@ -22,8 +23,12 @@ def load_forward(session: Session, device: torch.device, plugins: PluginHost) ->
     info = session.shared.model
     assert info is not None, "a session with work left has a described model"
     backend = plugins.model_registry().get(info.backend)
-    loaded = backend.load(info, device=device, dtype=DTYPES[session.manifest.precision])
-    return backend.packed_forward(loaded, compile=device.type == "cuda")
+    manifest = session.manifest
+    loaded = backend.load(info, device=device, dtype=DTYPES[manifest.precision])
+    forward = backend.packed_forward(loaded, compile=device.type == "cuda")
+    if manifest.long == "window":
+        return WindowedForward(forward, manifest.max_length, manifest.window_overlap)
+    return forward
 
 
 def embed_batches(

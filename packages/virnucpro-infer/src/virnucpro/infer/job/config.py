@@ -25,6 +25,7 @@ POOLINGS = ("mean", "max", "bos", "per_token")
 PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 DEVICES = (AUTO, "cpu", "cuda")
 DEFAULT_FORMAT = "hdf5"
+LONG_MODES = ("truncate", "full", "window")
 ALL_LAYERS = "all"
 
 
@@ -56,7 +57,12 @@ class RunConfig:
     token_budget: int | None = None
     """Tokens per packed batch; None = from free GPU memory (4096 on the CPU)."""
     max_length: int = 1022
-    """Residues kept per sequence (fair-esm's limit); 0 = never truncate."""
+    """Residues per pass (fair-esm's limit, what ESM-2 was trained on)."""
+    long: str = "truncate"
+    """Sequences over ``max_length``: ``truncate`` (as fair-esm's extract), ``full`` (one
+    pass over the whole sequence) or ``window`` (overlapping windows, averaged)."""
+    window_overlap: int = 256
+    """Residues shared by consecutive windows (``long="window"``)."""
     checkpoint_every: int = 10_000
     """Checkpoint after this many sequences ..."""
     checkpoint_interval: float = 300.0
@@ -88,6 +94,13 @@ class RunConfig:
             "a positive number of tokens or None (auto)",
         )
         _check(self.max_length >= 0, "max_length", "0 (never truncate) or more")
+        _check(self.long in LONG_MODES, "long", f"one of {LONG_MODES}")
+        if self.long == "window":
+            _check(
+                0 <= self.window_overlap < self.max_length,
+                "window_overlap",
+                f"0 or more and less than max_length ({self.max_length})",
+            )
         _check(self.checkpoint_every >= 1, "checkpoint_every", "at least 1")
         _check(self.checkpoint_interval > 0, "checkpoint_interval", "more than 0 seconds")
         _check(self.checkpoint_bytes >= 1, "checkpoint_bytes", "at least 1 byte")
@@ -113,6 +126,8 @@ class RunConfig:
                 if manifest.get("token_budget_auto")
                 else int(manifest["token_budget"]),
                 max_length=int(manifest["max_length"]),
+                long=manifest.get("long", "truncate"),
+                window_overlap=int(manifest.get("window_overlap", 256)),
                 checkpoint_every=int(manifest["checkpoint_every"]),
                 checkpoint_interval=float(manifest["checkpoint_interval"]),
                 checkpoint_bytes=int(manifest["checkpoint_bytes"]),

@@ -158,12 +158,9 @@ def _session(
 
 def _plan(session: Session) -> list[np.ndarray]:
     """What is left, packed; deterministic, so every rank computes the same plan."""
-    manifest = session.manifest
+    lengths, max_length = session.batch_costs()
     return plan_batches(
-        session.index.lengths,
-        manifest.token_budget,
-        manifest.max_length,
-        exclude=session.shared.done,
+        lengths, session.manifest.token_budget, max_length, exclude=session.shared.done
     )
 
 

@@ -115,13 +115,8 @@ class RankExecutor:
         return Coordinator(self.world)
 
     def share_of(self, batches: list[np.ndarray], session: Session) -> list[np.ndarray]:
-        return split_for_rank(
-            batches,
-            self.world.rank,
-            self.world.size,
-            session.index.lengths,
-            session.manifest.max_length,
-        )
+        lengths, max_length = session.batch_costs()
+        return split_for_rank(batches, self.world.rank, self.world.size, lengths, max_length)
 
     def embed(
         self,

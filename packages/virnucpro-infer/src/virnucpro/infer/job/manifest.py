@@ -62,6 +62,8 @@ class RunManifest:
     token_budget: int
     token_budget_auto: bool
     max_length: int
+    long: str
+    window_overlap: int
     checkpoint_every: int
     checkpoint_interval: float
     checkpoint_bytes: int
@@ -84,6 +86,11 @@ class RunManifest:
         return cls(**{name: data[name] for name in names})
 
     @property
+    def truncate_at(self) -> int:
+        """Residues a sequence is cut to before embedding (0: never)."""
+        return self.max_length if self.long == "truncate" else 0
+
+    @property
     def config(self) -> RunConfig:
         return RunConfig.from_manifest(self.to_dict())
 
@@ -102,6 +109,8 @@ def _legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
         "num_layers": max(data.get("layers") or [0]),
         "output_format": "hdf5",
         "checkpoint_bytes": 2**30,
+        "long": "truncate",
+        "window_overlap": 256,
     }
 
 

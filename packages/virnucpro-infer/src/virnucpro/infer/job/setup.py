@@ -41,6 +41,7 @@ from virnucpro.infer.job.reporting import Reporter
 from virnucpro.infer.job.rundir import move_old_run_aside, used_entries
 from virnucpro.infer.models import ModelInfo
 from virnucpro.infer.plugins import PluginHost
+from virnucpro.infer.windows import window_plan_lengths
 
 SPOOL_DIR = "spool"
 
@@ -72,6 +73,17 @@ class Session:
     @property
     def manifest(self) -> RunManifest:
         return self.shared.manifest
+
+    def batch_costs(self) -> tuple[np.ndarray, int]:
+        """(lengths, max_length) that give each sequence its cost in a batch: windows
+        cost their tokens, a whole sequence its residues (no truncation)."""
+        manifest = self.manifest
+        if manifest.long == "window":
+            costs = window_plan_lengths(
+                self.index.lengths, manifest.max_length, manifest.window_overlap
+            )
+            return costs, 0
+        return self.index.lengths, manifest.truncate_at
 
 
 def set_up_run(
@@ -116,6 +128,8 @@ def set_up_run(
         ),
         token_budget_auto=config.token_budget is None,
         max_length=config.max_length,
+        long=config.long,
+        window_overlap=config.window_overlap,
         checkpoint_every=config.checkpoint_every,
         checkpoint_interval=config.checkpoint_interval,
         checkpoint_bytes=config.checkpoint_bytes,
@@ -263,6 +277,7 @@ def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
         "input type": config.input_type,
         "pooling": list(config.pooling),
         "max length": config.max_length,
+        "long sequences": config.long,
         "output format": config.output_format,
     }
     have: dict[str, Any] = {
@@ -272,6 +287,7 @@ def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
         "input type": stored.input_type,
         "pooling": stored.pooling,
         "max length": stored.max_length,
+        "long sequences": stored.long,
         "output format": stored.output_format,
     }
     if config.random_weights:
