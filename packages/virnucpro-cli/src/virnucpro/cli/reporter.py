@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 
-from virnucpro.cli.progress import ProgressDisplay, create_progress
+from virnucpro.cli.progress import PLAIN_INTERVAL_S, ProgressDisplay, create_progress
+
+INTERVAL_VAR = "VIRNUCPRO_PROGRESS_INTERVAL"
+"""Seconds between plain progress lines (logs, batch schedulers); 5 by default."""
 
 
 class CliReporter:
@@ -13,7 +18,8 @@ class CliReporter:
         self.console = console
 
     def progress(self, total: int, completed: int) -> ProgressDisplay:
-        return create_progress(self.console, total, completed)
+        interval = float(os.environ.get(INTERVAL_VAR, "") or PLAIN_INTERVAL_S)
+        return create_progress(self.console, total, completed, interval=interval)
 
     def say(self, line: str) -> None:
         self.console.print(f"virnucpro: {line}", markup=False, highlight=False, soft_wrap=True)
