@@ -2,8 +2,11 @@
 
 import importlib
 import os
+import re
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +183,122 @@ def test_each_worker_runs_on_the_physical_gpu_it_was_given():
     results = manager.run(_square_units(2), on_event=events.append)
     assert {r["device"] for r in results.values()} == {f"cuda:{last}"}
     assert [e.worker.device for e in events if e.kind == "ready"] == [f"cuda:{last}"]
+
+
+queue_support = importlib.import_module("queue_support")
+
+
+def _gone(pid):
+    """Exited (a zombie not yet reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_stopped_worker_is_killed_its_unit_requeued_and_the_event_said(tmp_path):
+    events = []
+    kwargs = {"stop_once": str(tmp_path / "stopped"), "stop_on": 7}
+    manager = BatchQueueManager(
+        queue_support.stalling_worker,
+        ["cpu"],
+        kwargs,
+        stall_timeout_s=1.5,
+        startup_timeout_s=120,
+    )
+    results = manager.run(_square_units(6), on_event=events.append)
+    for unit_id, result in results.items():
+        assert result["squares"] == [x * x for x in range(unit_id * 3, unit_id * 3 + 3)]
+    (stalled,) = [e for e in events if e.kind == "stalled"]
+    worker_id, pid = stalled.worker.worker_id, stalled.worker.pid
+    assert stalled.unit_id == 2 and stalled.seconds >= 1.5
+    assert stalled.detail.startswith(f"worker {worker_id} (cpu, pid {pid}) made no progress for")
+    assert re.search(r"in unit 2 \(limit \d+ s\): killed, unit re-queued$", stalled.detail)
+    (failed,) = [e for e in events if e.kind == "unit_failed"]
+    assert (failed.unit_id, failed.worker.worker_id) == (2, worker_id)
+    assert failed.detail.startswith("stalled: no progress for")
+    assert _gone(pid) and results[2]["pid"] != pid
+    assert manager.worker_states()[worker_id].respawns == 1
+    assert sum(s.sequences_done for s in manager.worker_states().values()) == 18
+
+
+def test_a_unit_that_hangs_every_time_stops_the_run_naming_it():
+    manager = BatchQueueManager(
+        queue_support.stalling_worker,
+        ["cpu"],
+        {"hang_on": 4},
+        max_failures=1,
+        stall_timeout_s=1.0,
+        startup_timeout_s=120,
+    )
+    with pytest.raises(QueueRunError, match=r"unit 1 \(items 3\.\.\) failed 1 times") as stop:
+        manager.run(_square_units(2))
+    assert "stalled: no progress for" in str(stop.value)
+
+
+def test_the_stall_limit_grows_with_the_slowest_gap_seen():
+    """Gaps of 0.5 s then 3 s: the second exceeds the 1.5 s timeout but not 10 x 0.5 s."""
+    events = []
+    manager = BatchQueueManager(
+        queue_support.stalling_worker,
+        ["cpu"],
+        {"gaps_s": (0.5, 3.0)},
+        stall_timeout_s=1.5,
+        stall_scale=10.0,
+        startup_timeout_s=120,
+    )
+    results = manager.run(_square_units(1), on_event=events.append)
+    assert results[0]["squares"] == [0, 1, 4]
+    assert [e for e in events if e.kind in ("stalled", "unit_failed")] == []
+    assert manager.stall_limit_s >= 10 * 2.0  # the 3 s gap, less pipe latency
+    with pytest.raises(ValueError, match="stall scale >= 1"):
+        BatchQueueManager(queue_support.stalling_worker, ["cpu"], stall_scale=0.5)
+
+
+ORPHAN_PARENT = """
+import sys
+sys.path.insert(0, {support_dir!r})
+import queue_support
+from virnucpro.infer.queue_manager import BatchQueueManager, WorkUnit
+
+def said(event):
+    if event.kind == "ready":
+        print("child", event.worker.pid, flush=True)
+
+if __name__ == "__main__":
+    units = [WorkUnit(u, [5], 1) for u in range(2)]
+    BatchQueueManager(queue_support.stalling_worker, ["cpu", "cpu"], {{"hang_on": 5}}).run(
+        units, on_event=said
+    )
+"""
+
+
+def test_workers_die_when_the_manager_process_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_PARENT.format(support_dir=str(Path(__file__).parent)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    parent = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        start_new_session=True,
+    )
+    children = []
+    try:
+        while len(children) < 2:
+            line = parent.stdout.readline()
+            assert line, parent.stderr.read()[-2000:]
+            children.append(int(line.split()[1]))
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(_gone(p) for p in children):
+            time.sleep(0.05)
+        assert all(_gone(p) for p in children)
+    finally:
+        for pid in children:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)

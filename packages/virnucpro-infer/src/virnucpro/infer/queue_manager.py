@@ -4,9 +4,12 @@ Each worker is bound to the physical device it was given (`devices=[2, 3]` runs 
 cuda:2 and cuda:3, set explicitly and reported back by the worker: lesson 7). A
 worker asks for a unit when it is free, so a fast device takes more units. A worker
 that dies (crash, SIGKILL, an exception in its unit) is respawned at once and its
-unit re-queued: retry means respawn, never waiting (lesson 11). A unit that fails
+unit re-queued: retry means respawn, never waiting (lesson 11). A worker that makes
+no progress for `stall_timeout_s` (stopped, hung in a CUDA call or on NFS) is killed
+and treated the same way, with a "stalled" event (lesson 14). A unit that fails
 `max_failures` times, or every worker failing `max_failures` times in a row, stops
-the run with a `QueueRunError` naming the units involved.
+the run with a `QueueRunError` naming the units involved. Workers die with the
+parent, whatever kills it (lesson 16).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +29,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
+
+from virnucpro.data.parent_death import die_with_parent
+
+DEFAULT_STALL_TIMEOUT_S = 900.0
+DEFAULT_STALL_SCALE = 3.0
+_REAP_TIMEOUT_S = 10.0
 
 Progress = Callable[..., None]
 """``progress(sequences, tokens=0)``: sequences (and their tokens) finished in the unit."""
@@ -72,16 +82,19 @@ class WorkerState:
 
 @dataclass(frozen=True)
 class QueueEvent:
-    """kind: ready, progress, unit_done, unit_failed or retired.
+    """kind: ready, progress, unit_done, stalled, unit_failed or retired.
 
     `worker.sequences_done` (and `tokens_done`) count finished units plus what was
     reported for the unit in hand; a failed unit's partial progress is taken back.
+    A "stalled" event (its worker is then killed, so "unit_failed" follows when it held
+    a unit) carries in `seconds` how long the worker went without progress.
     """
 
     kind: str
     worker: WorkerState
     unit_id: int | None = None
     detail: str = ""
+    seconds: float = 0.0
 
 
 class QueueRunError(RuntimeError):
@@ -113,6 +126,14 @@ class _Worker:
         self.unit_tokens = 0
         self.last_error = ""
         self.retired = False
+        self.last_sign_of_life = time.monotonic()
+
+    @property
+    def watched(self) -> bool:
+        """Starting up or working on a unit: expected to report progress."""
+        if self.retired or self.process is None:
+            return False
+        return self.state.device is None or self.state.status is WorkerStatus.PROCESSING
 
 
 class BatchQueueManager:
@@ -124,6 +145,13 @@ class BatchQueueManager:
     unit's (picklable) result. Both must be importable by name, as spawned processes
     import them. Inside a worker, :func:`current_worker_slot` gives its slot (0 to
     devices - 1), which a respawned worker keeps.
+
+    Liveness: a worker holding a unit that sends nothing (progress, done) for the stall
+    limit is killed, its unit re-queued. The limit is `stall_timeout_s`, raised to
+    `stall_scale` times the longest gap between two signs of life within a unit seen so
+    far from any worker, so a slow device or a long batch is not mistaken for a hung
+    one. A worker not ready `startup_timeout_s` after its start (default: the stall
+    timeout) is killed and respawned the same way.
     """
 
     def __init__(
@@ -132,13 +160,25 @@ class BatchQueueManager:
         devices: Sequence[int | str | torch.device],
         worker_kwargs: Mapping[str, Any] | None = None,
         max_failures: int = 3,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        stall_scale: float = DEFAULT_STALL_SCALE,
+        startup_timeout_s: float | None = None,
     ) -> None:
         if not devices:
             raise ValueError("no devices given: name at least one GPU (or cpu)")
+        if stall_timeout_s <= 0 or stall_scale < 1 or (startup_timeout_s or 1) <= 0:
+            raise ValueError(
+                f"stall and start-up timeouts must be > 0 s and the stall scale >= 1, got "
+                f"{stall_timeout_s}, {startup_timeout_s} and {stall_scale}"
+            )
         self.worker_function = worker_function
         self.devices = [device_spec(d) for d in devices]
         self.worker_kwargs = dict(worker_kwargs or {})
         self.max_failures = max_failures
+        self.stall_timeout_s = float(stall_timeout_s)
+        self.stall_scale = float(stall_scale)
+        self.startup_timeout_s = float(startup_timeout_s or stall_timeout_s)
+        self._slowest_gap = 0.0
         self._ctx = multiprocessing.get_context("spawn")
         # CPU workers share the cores instead of each taking all of them.
         cpu_workers = sum(1 for d in self.devices if d == "cpu")
@@ -154,6 +194,11 @@ class BatchQueueManager:
     def num_workers(self) -> int:
         return len(self.devices)
 
+    @property
+    def stall_limit_s(self) -> float:
+        """Seconds without a sign of life after which a worker counts as stalled."""
+        return max(self.stall_timeout_s, self.stall_scale * self._slowest_gap)
+
     def run(
         self,
         units: Iterable[WorkUnit],
@@ -168,6 +213,7 @@ class BatchQueueManager:
         self._results = {}
         self._unit_failures = dict.fromkeys(ids, 0)
         self._on_event = on_event
+        self._slowest_gap = 0.0
         self._workers = {
             wid: _Worker(WorkerState(wid, device)) for wid, device in enumerate(self.devices)
         }
@@ -211,6 +257,7 @@ class BatchQueueManager:
         worker.process, worker.conn = process, parent_end
         worker.state.pid = process.pid
         worker.state.status = WorkerStatus.IDLE
+        worker.last_sign_of_life = time.monotonic()
 
     def _wait_for_workers(self) -> list[_Worker]:
         live = [w for w in self._workers.values() if not w.retired]
@@ -218,16 +265,54 @@ class BatchQueueManager:
         for w in live:
             handles[w.conn] = w
             handles[w.process.sentinel] = w
-        ready = wait(list(handles))
+        ready = wait(list(handles), timeout=self._time_to_next_stall())
         return list({id(handles[h]): handles[h] for h in ready}.values())
 
+    def _limit_for(self, worker: _Worker) -> float:
+        return self.startup_timeout_s if worker.state.device is None else self.stall_limit_s
+
+    def _time_to_next_stall(self) -> float | None:
+        deadlines = [
+            w.last_sign_of_life + self._limit_for(w) for w in self._workers.values() if w.watched
+        ]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
     def _serve(self, workers: list[_Worker]) -> None:
+        self._kill_stalled(exclude=workers)
         for worker in workers:
             alive = self._drain(worker)
             if not alive or not worker.process.is_alive():
                 self._on_death(worker)
         for worker in self._workers.values():
             self._assign(worker)
+
+    def _kill_stalled(self, exclude: list[_Worker]) -> None:
+        """Kill every watched worker silent for longer than the limit; it is respawned and
+        its unit re-queued like any dead worker's."""
+        now = time.monotonic()
+        for worker in list(self._workers.values()):
+            silent, limit = now - worker.last_sign_of_life, self._limit_for(worker)
+            if not worker.watched or silent <= limit or worker in exclude:
+                continue
+            state = worker.state
+            doing = f"unit {state.current_unit}" if worker.unit is not None else "start-up"
+            detail = (
+                f"worker {state.worker_id} ({state.requested_device}, pid {state.pid}) made no "
+                f"progress for {silent:.0f} s in {doing} (limit {limit:.0f} s): killed"
+                + (", unit re-queued" if worker.unit is not None else "")
+            )
+            self._emit("stalled", worker, state.current_unit, detail, seconds=silent)
+            worker.process.kill()
+            worker.last_error = f"stalled: no progress for {silent:.0f} s (limit {limit:.0f} s)"
+            self._on_death(worker)
+
+    def _sign_of_life(self, worker: _Worker, within_unit: bool) -> None:
+        now = time.monotonic()
+        if within_unit:
+            self._slowest_gap = max(self._slowest_gap, now - worker.last_sign_of_life)
+        worker.last_sign_of_life = now
 
     def _drain(self, worker: _Worker) -> bool:
         """Handle every message waiting from a worker; False once its pipe has closed."""
@@ -241,6 +326,8 @@ class BatchQueueManager:
     def _handle(self, worker: _Worker, message: tuple) -> None:
         kind, *body = message
         state = worker.state
+        if kind in ("ready", "progress", "done"):
+            self._sign_of_life(worker, within_unit=kind != "ready")
         if kind == "ready":
             state.device, state.pid = body
             self._emit("ready", worker, detail=state.device)
@@ -272,12 +359,15 @@ class BatchQueueManager:
         unit = self._pending.popleft()
         worker.unit, worker.unit_progress, worker.unit_tokens = unit, 0, 0
         worker.state.current_unit, worker.state.status = unit.unit_id, WorkerStatus.PROCESSING
+        worker.last_sign_of_life = time.monotonic()
         # A worker that died meanwhile is noticed by its sentinel; its unit is re-queued then.
         with contextlib.suppress(OSError):
             worker.conn.send(unit)
 
     def _on_death(self, worker: _Worker) -> None:
-        worker.process.join()
+        # A process in uninterruptible sleep (a hung NFS read) dies only when the call
+        # returns; its replacement does not wait for that.
+        worker.process.join(timeout=_REAP_TIMEOUT_S)
         state = worker.state
         cause = worker.last_error or _exit_cause(worker.process.exitcode)
         worker.conn.close()
@@ -318,10 +408,16 @@ class BatchQueueManager:
         return next(u for u in self._units if u.unit_id == unit_id)
 
     def _emit(
-        self, kind: str, worker: _Worker, unit_id: int | None = None, detail: str = ""
+        self,
+        kind: str,
+        worker: _Worker,
+        unit_id: int | None = None,
+        detail: str = "",
+        seconds: float = 0.0,
     ) -> None:
         if self._on_event is not None:
-            self._on_event(QueueEvent(kind, dataclasses.replace(worker.state), unit_id, detail))
+            state = dataclasses.replace(worker.state)
+            self._on_event(QueueEvent(kind, state, unit_id, detail, seconds))
 
     def _shutdown(self, graceful: bool) -> None:
         for worker in self._workers.values():
@@ -382,6 +478,7 @@ def _worker_main(
     """A worker process: bind the device, set up once, then handle units until told to stop."""
     global _worker_slot
     _worker_slot = slot
+    die_with_parent()
     try:
         device, in_use = _bind_device(spec, cpu_threads)
         handler = worker_function(device, **worker_kwargs)
