@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from virnucpro.ckpt import open_embeddings
-from virnucpro.infer import RunStopped, embed, load_model, resume
+from virnucpro.infer import Placement, RunConfig, RunStopped, embed, load_model, resume, run_job
 from virnucpro.infer.job.errors import BadInputError, RunDirMismatchError
 from virnucpro.infer.job.reporting import LoggingReporter
 
@@ -171,3 +171,25 @@ def test_api_works_without_the_cli(proteins, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["12", "(12,", "320)"]
+
+
+def test_the_run_says_what_happened_to_odd_input(tmp_path):
+    odd = tmp_path / "odd.fasta"
+    odd.write_text(">a pos 1\nMKT AYI 123\n>b\nMKJ*LL\n>c\n" + "A" * 50 + "\n>d\nMKV\n")
+    result = run_job(
+        RunConfig(inputs=(odd,), model=MODEL, random_weights=True, seed=SEED, max_length=40),
+        tmp_path / "run",
+        Placement(device="cpu", workers=0),
+    )
+    assert result.notes == (
+        "1 sequences longer than 40 residues truncated to 40 residues (c)",
+        "2 sequences held non-standard characters (a, b): ' ' x2 dropped, '*' x1 <unk>, "
+        "'1' x1 dropped, '2' x1 dropped, '3' x1 dropped, 'J' x1 <unk>",
+    )
+    with open_embeddings(result.output) as embedded:
+        assert embedded.config["quality"]["over_max_length"] == 1
+        assert embedded.lengths.tolist() == [6, 6, 40, 3]
+    with pytest.raises(BadInputError, match="record #1 'a' holds non-standard") as caught:
+        embed(odd, tmp_path / "strict", strict=True, **TINY)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "strict").exists()

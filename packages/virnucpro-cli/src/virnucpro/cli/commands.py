@@ -219,6 +219,15 @@ def run(
             rich_help_panel=DATA,
         ),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse input with non-standard characters (digits, J, inner *, ...) "
+            "before any work, instead of saying what they became.",
+            rich_help_panel=DATA,
+        ),
+    ] = RunConfig.strict,
     max_length: Annotated[
         int,
         typer.Option(
@@ -292,6 +301,7 @@ def run(
         seed=seed,
         input_type=input_type.value,
         chunk_size=_chunk_size(input_type, chunk_size),
+        strict=strict,
         layers=_parsed("--layers", parse_layers, layers),
         pooling=tuple(p.value for p in pooling),
         precision=precision.value,

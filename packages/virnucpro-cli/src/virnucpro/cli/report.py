@@ -12,6 +12,7 @@ from rich.table import Table
 
 from virnucpro.ckpt import CheckpointError, inspect_run, read_manifest
 from virnucpro.infer.job.errors import MissingInputError
+from virnucpro.infer.job.quality import quality_lines
 
 
 class RunState(str, Enum):
@@ -42,12 +43,14 @@ class RunReport:
     checkpoints: tuple[CheckpointInfo, ...]
     verified: bool
     """True when every checksum was checked (``--verify``)."""
+    notes: tuple[str, ...] = ()
+    """What the run says about its input (``virnucpro.infer.job.quality``)."""
 
 
 def inspect_report(run_dir: Path, verify: bool) -> RunReport:
     """The state of ``run_dir``; ``verify`` checks every checksum."""
     try:
-        read_manifest(run_dir)
+        manifest = read_manifest(run_dir)
     except CheckpointError as exc:
         raise MissingInputError(str(exc)) from None
     found = inspect_run(run_dir, verify=verify)
@@ -69,6 +72,7 @@ def inspect_report(run_dir: Path, verify: bool) -> RunReport:
             for entry in found["checkpoints"]
         ),
         verified=found["verified"],
+        notes=tuple(quality_lines(manifest.get("quality", {}))),
     )
 
 
@@ -114,3 +118,5 @@ def print_report(console: Console, report: RunReport) -> None:
             _memory(checkpoint.gpu_memory_bytes),
         )
     console.print(table)
+    for line in report.notes:
+        console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)

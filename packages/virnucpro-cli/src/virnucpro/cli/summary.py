@@ -13,10 +13,12 @@ if TYPE_CHECKING:
 
 
 def summary_lines(summary: JobResult) -> list[str]:
+    notes = [f"note: {line}" for line in summary.notes]
     if summary.already_complete:
         return [
             f"already complete: {summary.sequences:,} sequences in {summary.output} "
-            "(to compute it again: virnucpro run ... --force)"
+            "(to compute it again: virnucpro run ... --force)",
+            *notes,
         ]
     resumed = summary.sequences - summary.new_sequences
     done = f"{summary.sequences:,} sequences"
@@ -27,6 +29,7 @@ def summary_lines(summary: JobResult) -> list[str]:
         f"tokens: {summary.tokens:,} in {format_duration(summary.seconds)}"
         f" ({summary.tokens_per_s:,.0f} tokens/s)",
         f"output: {summary.output}",
+        *notes,
     ]
 
 

@@ -48,6 +48,9 @@ class RunConfig:
     input_type: str = "protein"
     """``dna``: VirNucPro reads mode (six-frame translation of chunked reads)."""
     chunk_size: int = 300
+    strict: bool = False
+    """Refuse, before any work, input holding characters that are not standard amino
+    acid letters (otherwise they are counted, said, and dropped or read as unknown)."""
     layers: tuple[int, ...] | str | None = None
     """fair-esm layer numbers (0 = embeddings, negative from the last); None = the last;
     ``"all"`` = 0 to the last."""
@@ -119,6 +122,7 @@ class RunConfig:
                 seed=int(manifest["seed"] or 0),
                 input_type=manifest["input_type"],
                 chunk_size=int(manifest["chunk_size"]),
+                strict=bool(manifest.get("strict", False)),
                 layers=tuple(int(layer) for layer in manifest["layers"]),
                 pooling=tuple(manifest["pooling"]),
                 precision=manifest["precision"],

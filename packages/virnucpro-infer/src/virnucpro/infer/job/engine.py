@@ -27,6 +27,7 @@ from virnucpro.infer.job.config import Placement, RunConfig
 from virnucpro.infer.job.devices import Target
 from virnucpro.infer.job.errors import RunStopped
 from virnucpro.infer.job.executors import NodeExecutor, Ports, select_executor
+from virnucpro.infer.job.quality import quality_lines
 from virnucpro.infer.job.ranks import torchrun_world
 from virnucpro.infer.job.reporting import LoggingReporter, NoProgress, Reporter, StopFlag, never
 from virnucpro.infer.job.rundir import removed_if_nothing_computed
@@ -58,6 +59,8 @@ class JobResult:
     """Nothing was left to embed."""
     lead: bool = True
     """False on torchrun ranks other than 0, which neither merge nor report."""
+    notes: tuple[str, ...] = ()
+    """What the run says about its input (sequences truncated, characters replaced)."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -188,4 +191,5 @@ def _finish(
         seconds=time.perf_counter() - started,
         already_complete=complete_before,
         lead=lead,
+        notes=tuple(quality_lines(shared.manifest.quality)),
     )

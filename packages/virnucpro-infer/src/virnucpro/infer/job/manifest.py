@@ -47,6 +47,7 @@ class RunManifest:
     input_fingerprint: str
     input_type: str
     chunk_size: int
+    strict: bool
     num_sequences: int
     model: str
     model_source: str
@@ -68,6 +69,8 @@ class RunManifest:
     checkpoint_interval: float
     checkpoint_bytes: int
     output_format: str
+    quality: dict[str, Any]
+    """Counts of the input's oddities (``virnucpro.infer.job.quality``)."""
     versions: dict[str, str]
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +114,8 @@ def _legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
         "checkpoint_bytes": 2**30,
         "long": "truncate",
         "window_overlap": 256,
+        "strict": False,
+        "quality": {},
     }
 
 

@@ -37,6 +37,7 @@ from virnucpro.infer.job.manifest import (
     model_spec,
     package_versions,
 )
+from virnucpro.infer.job.quality import quality_counts
 from virnucpro.infer.job.reporting import Reporter
 from virnucpro.infer.job.rundir import move_old_run_aside, used_entries
 from virnucpro.infer.models import ModelInfo
@@ -100,7 +101,9 @@ def set_up_run(
     if stored is not None:
         return _resume_stored(run_dir, stored, target, plugins, reporter)
     _check_format(config.output_format, plugins)
-    index = build_index(config.inputs, config.input_type, config.chunk_size, run_dir / SPOOL_DIR)
+    index = build_index(
+        config.inputs, config.input_type, config.chunk_size, run_dir / SPOOL_DIR, config.strict
+    )
     model = _describe(plugins, config.model, config.random_weights, config.seed)
     layers = resolve_layers(config.layers, model.num_layers)
     precision = resolve_precision(config.precision, target.device)
@@ -111,6 +114,7 @@ def set_up_run(
         input_fingerprint=index.fingerprint,
         input_type=index.input_type,
         chunk_size=index.chunk_size,
+        strict=config.strict,
         num_sequences=len(index),
         model=model_spec(config.model),
         model_source=model.source,
@@ -134,6 +138,7 @@ def set_up_run(
         checkpoint_interval=config.checkpoint_interval,
         checkpoint_bytes=config.checkpoint_bytes,
         output_format=config.output_format,
+        quality=quality_counts(index, config.max_length, config.long),
         versions=package_versions(),
     )
     write_manifest(run_dir, manifest.to_dict())
@@ -275,6 +280,7 @@ def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
         "model": model_spec(config.model),
         "random weights": config.random_weights,
         "input type": config.input_type,
+        "strict": config.strict,
         "pooling": list(config.pooling),
         "max length": config.max_length,
         "long sequences": config.long,
@@ -285,6 +291,7 @@ def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
         "model": stored.model,
         "random weights": stored.random_weights,
         "input type": stored.input_type,
+        "strict": stored.strict,
         "pooling": stored.pooling,
         "max length": stored.max_length,
         "long sequences": stored.long,
