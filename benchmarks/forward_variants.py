@@ -5,21 +5,21 @@ keeps what it measured):
 
     python3 benchmarks/forward_variants.py --profile \\
         --out benchmarks/results/forward_variants_h200.json \\
-        --plan esm2_t33_650M_UR50D=baseline,plain,tuned,fused-gelu \\
-        --plan esm2_t36_3B_UR50D=baseline,plain,tuned,fused-gelu
+        --plan esm2_t33_650M_UR50D=baseline,plain,tuned,max-autotune \\
+        --plan esm2_t36_3B_UR50D=baseline,plain,tuned,max-autotune
 
 Variants (all bf16, varlen attention, random seeded weights):
 
 - `baseline`: the forward before this change (today's path): per layer one compiled
   graph before attention and one after, automatic dynamic shapes, inductor's plain
   options;
-- `plain`, `tuned`, `fused-gelu`: `PackedESM2(compile=True, compile_mode=...)` as
-  shipped: the residual add of block i and block i+1's layer norm in one compiled step,
-  fc1 + GELU compiled on its own, the token count marked dynamic up front (one
-  compilation); the modes' inductor options are `packed.COMPILE_MODES`;
+- `plain`, `tuned`: `PackedESM2(compile=True, compile_mode=...)` as shipped: the
+  residual add of block i and block i+1's layer norm in one compiled step, the token
+  count marked dynamic up front (one compilation); options from `packed.COMPILE_MODES`;
 - `max-autotune`, `tma`, `triton-only`: inductor options tried on the shipped structure
-  (matmul autotuning against cuBLAS; with persistent TMA Triton templates; Triton
-  templates only).
+  (matmul autotuning of Triton templates against cuBLAS, which lets inductor fuse the
+  bias and GELU into a Triton matmul's epilogue where that is faster; with persistent
+  TMA templates; Triton templates only).
 
 Per variant: tokens/s over `--passes` timed passes of the speed set (reads-like, 60-166
 aa), its ratio to `baseline` in the same run, MFU against a bf16 matmul measured in the
@@ -108,13 +108,8 @@ class Legacy(PackedESM2):
         first = model.layers[0]
         q_scale = 1.0 if self.attention.applies_scale else first.self_attn.scaling
         eps = first.self_attn_layer_norm.eps
-        project, mix, expand, _, finish = _make_block_functions(self.num_heads, q_scale, eps)
-
-        def after_attention(x, attended, wo, bo, ln_w, ln_b, w1, b1, w2, b2):
-            x, h = mix(x, attended, wo, bo, ln_w, ln_b)
-            return finish(x, expand(h, w1, b1), w2, b2)
-
-        self._before, self._after = torch.compile(project), torch.compile(after_attention)
+        project, _, finish = _make_block_functions(self.num_heads, q_scale, eps)
+        self._before, self._after = torch.compile(project), torch.compile(finish)
 
     @torch.inference_mode()
     def __call__(self, input_ids, cu_seqlens, max_seqlen, repr_layers=(-1,)):
@@ -125,10 +120,10 @@ class Legacy(PackedESM2):
         prepared = self.attention.prepare(layout)
         representations = {}
         for index in range(max(wanted)):
-            project_weights, mix_weights, expand_weights, finish_weights = self._weights[index]
+            project_weights, finish_weights = self._weights[index]
             q, k, v = self._before(x, cos, sin, *project_weights)
             attended = self.attention.attend(q, k, v, prepared)
-            x = self._after(x, attended, *mix_weights, *expand_weights, *finish_weights)
+            x = self._after(x, attended, *finish_weights)
             if index + 1 in wanted and index + 1 != self.num_layers:
                 representations[index + 1] = x
         if self.num_layers in wanted:
@@ -142,15 +137,11 @@ def build(model: torch.nn.Module, variant: str) -> PackedESM2:
     if variant in COMPILE_MODES:
         return PackedESM2(model, attention="varlen", compile=True, compile_mode=variant)
     forward = PackedESM2(model, attention="varlen")
-    blocks = (forward._project, forward._mix, forward._expand, forward._step, forward._finish)
     options = EXPERIMENTS[variant]
-    (
-        forward._project,
-        forward._mix,
-        forward._expand,
-        forward._step,
-        forward._finish,
-    ) = (torch.compile(block, options=options) for block in blocks)
+    blocks = (forward._project, forward._step, forward._finish)
+    forward._project, forward._step, forward._finish = (
+        torch.compile(block, options=options) for block in blocks
+    )
     forward._mark_dynamic = True
     return forward
 

@@ -162,7 +162,9 @@ def test_compiled_forward_equals_fair_esm(make_esm2, packing, mode):
 
 
 def test_unknown_compile_mode_is_refused(make_esm2):
-    with pytest.raises(ValueError, match="unknown compile_mode 'fastest'; choose one of plain"):
+    with pytest.raises(
+        ValueError, match=r"unknown compile_mode 'fastest'; choose one of plain, tuned"
+    ):
         PackedESM2(make_esm2(1, 16, 2), compile=True, compile_mode="fastest")
 
 

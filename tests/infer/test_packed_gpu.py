@@ -1,7 +1,7 @@
 """GPU: the packed forward in bf16 against fair-esm's own fp32 forward on the same
 random weights, for the 650M and 3B architectures, with every attention backend and
-every compile mode (the fused paths: residual add with the next layer norm; with
-max-autotune, bias and erf GELU in the fc1 matmul's epilogue where inductor picks it).
+every compile mode (the fused path: block i's residual add and block i+1's layer norm
+in one compiled step, with each mode's inductor options).
 
 Run on a CUDA machine with `pytest tests/infer/test_packed_gpu.py -s` to see the worst
 cosines printed as JSON lines."""

@@ -19,27 +19,17 @@ from virnucpro.infer.attention import AttentionBackend, select_attention
 from virnucpro.infer.packed_layout import PackedLayout, build_layout
 
 _MASK_RATIO_TRAIN = 0.15 * 0.8
-_TUNED = {"coordinate_descent_tuning": True}
-_TRITON_GEMM = {
-    **_TUNED,
-    "max_autotune": True,
-    "max_autotune_gemm_backends": "TRITON",
-    "triton.enable_persistent_tma_matmul": True,
-}
+_FINISH_WEIGHTS = 8
 
-# torch.compile options per `compile_mode`: (for the blocks around fc1, for fc1 + GELU).
-# "tuned" searches launch configs of inductor's layer-norm and pointwise kernels
-# (coordinate descent; the layer norms measured a third faster on an H200).
-# "fused-gelu" also builds fc1 as inductor's Triton matmul with the bias and the exact
-# erf GELU in its epilogue (one pass fewer over the 4x-wide hidden layer, at the price
-# of a Triton matmul instead of cuBLAS, and autotuning at compile time); off CUDA it
-# falls back to "tuned".
-COMPILE_MODES: dict[str, tuple[dict, dict]] = {
-    "plain": ({}, {}),
-    "tuned": (_TUNED, _TUNED),
-    "fused-gelu": (_TUNED, _TRITON_GEMM),
+# torch.compile options per `compile_mode`. "tuned" lets inductor search the launch
+# configs of its layer-norm and pointwise kernels (coordinate descent). On an H200 it
+# measured no better than "plain" beyond run-to-run spread, at twice the compile time
+# (benchmarks/results/forward_variants_h200*.json), so "plain" is the default.
+COMPILE_MODES: dict[str, dict[str, bool]] = {
+    "plain": {},
+    "tuned": {"coordinate_descent_tuning": True},
 }
-DEFAULT_COMPILE_MODE = "tuned"
+DEFAULT_COMPILE_MODE = "plain"
 
 
 def resolve_layers(layers: Iterable[int], num_layers: int) -> tuple[int, ...]:
@@ -76,15 +66,13 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 
 
 def _make_block_functions(num_heads: int, q_scale: float, eps: float):
-    """A transformer block cut at attention and at fc1, as functions of tensors only, so
-    one torch.compile of each serves every layer (no recompiles per layer).
+    """A transformer block cut at attention, as functions of tensors only, so one
+    torch.compile serves every layer (no recompiles per layer).
 
-    `project` opens the first block (layer norm, q/k/v, rotary); `mix` is out-projection,
-    residual add and the second layer norm; `expand` is fc1 and the erf GELU (compiled
-    on its own so that it may get its own matmul); `step` is fc2 and the residual add of
-    block i followed by block i + 1's opening, so that the add and the next layer norm
-    are one pass over the tokens; `finish` is fc2 and the residual add of the last block.
-    """
+    `project` opens the first block (layer norm, q/k/v, rotary); `step` closes block i
+    and opens block i + 1, so that block i's last residual add and block i + 1's layer
+    norm are one compiled region (one pass over the tokens, not two); `finish` closes
+    the last block."""
 
     def project(x, cos, sin, ln_w, ln_b, wq, bq, wk, bk, wv, bv):
         tokens, dim = x.shape
@@ -97,21 +85,16 @@ def _make_block_functions(num_heads: int, q_scale: float, eps: float):
         v = F.linear(h, wv, bv).view(tokens, num_heads, dim // num_heads)
         return q, k, v
 
-    def mix(x, attended, wo, bo, ln_w, ln_b):
+    def finish(x, attended, wo, bo, ln_w, ln_b, w1, b1, w2, b2):
         x = x + F.linear(attended.reshape(x.shape), wo, bo)
-        return x, F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+        h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+        return x + F.linear(gelu(F.linear(h, w1, b1)), w2, b2)
 
-    def expand(h, w1, b1):
-        return gelu(F.linear(h, w1, b1))
+    def step(x, attended, cos, sin, *weights):
+        x = finish(x, attended, *weights[:_FINISH_WEIGHTS])
+        return (x, *project(x, cos, sin, *weights[_FINISH_WEIGHTS:]))
 
-    def finish(x, hidden, w2, b2):
-        return x + F.linear(hidden, w2, b2)
-
-    def step(x, hidden, cos, sin, w2, b2, *project_weights):
-        x = finish(x, hidden, w2, b2)
-        return (x, *project(x, cos, sin, *project_weights))
-
-    return project, mix, expand, step, finish
+    return project, step, finish
 
 
 def _mark_tokens_dynamic(*tensors: torch.Tensor) -> None:
@@ -119,29 +102,29 @@ def _mark_tokens_dynamic(*tensors: torch.Tensor) -> None:
         torch._dynamo.maybe_mark_dynamic(tensor, 0)
 
 
-def _layer_weights(layer: torch.nn.Module) -> tuple[tuple, ...]:
-    """(project, mix, expand, finish) weights of one block, fair-esm's tensors in place."""
+def _layer_weights(layer: torch.nn.Module) -> tuple[tuple, tuple]:
     attn = layer.self_attn
-    return (
-        (
-            layer.self_attn_layer_norm.weight,
-            layer.self_attn_layer_norm.bias,
-            attn.q_proj.weight,
-            attn.q_proj.bias,
-            attn.k_proj.weight,
-            attn.k_proj.bias,
-            attn.v_proj.weight,
-            attn.v_proj.bias,
-        ),
-        (
-            attn.out_proj.weight,
-            attn.out_proj.bias,
-            layer.final_layer_norm.weight,
-            layer.final_layer_norm.bias,
-        ),
-        (layer.fc1.weight, layer.fc1.bias),
-        (layer.fc2.weight, layer.fc2.bias),
+    project = (
+        layer.self_attn_layer_norm.weight,
+        layer.self_attn_layer_norm.bias,
+        attn.q_proj.weight,
+        attn.q_proj.bias,
+        attn.k_proj.weight,
+        attn.k_proj.bias,
+        attn.v_proj.weight,
+        attn.v_proj.bias,
     )
+    finish = (
+        attn.out_proj.weight,
+        attn.out_proj.bias,
+        layer.final_layer_norm.weight,
+        layer.final_layer_norm.bias,
+        layer.fc1.weight,
+        layer.fc1.bias,
+        layer.fc2.weight,
+        layer.fc2.bias,
+    )
+    return project, finish
 
 
 class PackedESM2:
@@ -180,14 +163,9 @@ class PackedESM2:
         q_scale = 1.0 if self.attention.applies_scale else first.self_attn.scaling
         blocks = _make_block_functions(self.num_heads, q_scale, first.self_attn_layer_norm.eps)
         if compile:
-            options, expand_options = COMPILE_MODES[compile_mode]
-            if self.device.type != "cuda":
-                expand_options = options
-            blocks = tuple(
-                torch.compile(block, options=expand_options if index == 2 else options)
-                for index, block in enumerate(blocks)
-            )
-        self._project, self._mix, self._expand, self._step, self._finish = blocks
+            options = COMPILE_MODES[compile_mode]
+            blocks = tuple(torch.compile(block, options=options) for block in blocks)
+        self._project, self._step, self._finish = blocks
         # Marking the token dim dynamic up front compiles once, not once static and
         # again dynamic; weight dims stay static (dynamic=True made every dim symbolic
         # and measured 278K vs 325K tokens/s on 650M, H100).
@@ -221,21 +199,15 @@ class PackedESM2:
             _mark_tokens_dynamic(x, cos, sin)
         q, k, v = self._project(x, cos, sin, *self._weights[0][0])
         for index in range(deepest):
-            _, mix_weights, expand_weights, finish_weights = self._weights[index]
             attended = self.attention.attend(q, k, v, prepared)
             if self._mark_dynamic:
                 _mark_tokens_dynamic(x, attended)
-            x, h = self._mix(x, attended, *mix_weights)
-            if self._mark_dynamic:
-                _mark_tokens_dynamic(x, h)
-            hidden = self._expand(h, *expand_weights)
-            if self._mark_dynamic:
-                _mark_tokens_dynamic(hidden)
+            finish_weights = self._weights[index][1]
             if index + 1 < deepest:
                 next_project = self._weights[index + 1][0]
-                x, q, k, v = self._step(x, hidden, cos, sin, *finish_weights, *next_project)
+                x, q, k, v = self._step(x, attended, cos, sin, *finish_weights, *next_project)
             else:
-                x = self._finish(x, hidden, *finish_weights)
+                x = self._finish(x, attended, *finish_weights)
             if index + 1 in wanted and index + 1 != self.num_layers:
                 representations[index + 1] = x
         if self.num_layers in wanted:
