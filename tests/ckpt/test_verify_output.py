@@ -1,5 +1,6 @@
 """The merged output carries per-dataset sha256 digests; damage is found and named."""
 
+import itertools
 import json
 import shutil
 
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virnucpro.ckpt import inspect_run, merge_checkpoints, verify_output
-from virnucpro.ckpt.verify import CHECKSUMS_ATTR
+from virnucpro.ckpt.verify import CHECKSUMS_ATTR, DatasetDigests
 
 NUM = 40
 
@@ -126,3 +127,35 @@ def test_an_output_without_digests_is_checked_for_structure_only(merged):
         del f["truncated"]
         f.create_dataset("truncated", data=np.zeros(NUM - 1, dtype=bool))
     assert verify_output(run_dir) == f"{path}: truncated has shape ({NUM - 1},), expected ({NUM},)"
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.integers(0, 40),
+    cuts=st.lists(st.integers(0, 40), max_size=6),
+    pending=st.sampled_from([0, 1, 700, 10**6]),
+)
+def test_digests_do_not_depend_on_slicing_or_the_hashing_thread(rows, cuts, pending):
+    rng = np.random.default_rng(rows)
+    values = rng.standard_normal((rows, 3)).astype(np.float32)
+    ids = [f"id{i}_é" * (i % 3) for i in range(rows)]
+    whole = DatasetDigests()
+    whole.start("x", values.dtype, values.shape)
+    whole.start("ids", None, (rows,))
+    whole.update("x", values)
+    whole.update_ids(ids)
+    sliced = DatasetDigests(max_pending_bytes=pending)
+    sliced.start("x", values.dtype, values.shape)
+    sliced.start("ids", None, (rows,))
+    bounds = [0, *sorted(c for c in cuts if c <= rows), rows]
+    for lo, hi in itertools.pairwise(bounds):
+        sliced.update("x", values[lo:hi].copy())
+        sliced.update_ids(ids[lo:hi])
+    assert sliced.hexdigests() == whole.hexdigests()
+    changed = values.copy()
+    if rows:
+        changed[rows // 2, 1] = np.nextafter(changed[rows // 2, 1], np.float32(np.inf))
+        other = DatasetDigests()
+        other.start("x", values.dtype, values.shape)
+        other.update("x", changed)
+        assert other.hexdigests()["x"] != whole.hexdigests()["x"]

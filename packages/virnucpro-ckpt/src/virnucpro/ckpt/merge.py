@@ -150,12 +150,30 @@ def _write_merged(
     cache: _FileCache,
     budget: int,
 ) -> None:
+    # Half the budget for the chunk being copied, half for the one still being hashed.
+    digests = DatasetDigests(max_pending_bytes=max(1, budget // 2))
+    try:
+        _fill_merged(out, manifest, names, sources, lengths, truncated, cache, budget, digests)
+    finally:
+        digests.close()
+
+
+def _fill_merged(
+    out: h5py.File,
+    manifest: Mapping[str, Any],
+    names: list[str],
+    sources: list[_Source],
+    lengths: np.ndarray,
+    truncated: np.ndarray,
+    cache: _FileCache,
+    budget: int,
+    digests: DatasetDigests,
+) -> None:
     total = lengths.shape[0]
     width = int(manifest["embed_dim"])
     offsets = offsets_from_lengths(lengths)
     pooled = [n for n in names if not n.endswith("/per_token") and not n.endswith("_offsets")]
     per_token = [n for n in names if n.endswith("/per_token")]
-    digests = DatasetDigests()
     ids = out.create_dataset("ids", shape=(total,), dtype=h5py.string_dtype("utf-8"))
     digests.start("ids", ids.dtype, ids.shape)
     whole = {"lengths": lengths, "truncated": truncated}
@@ -169,7 +187,7 @@ def _write_merged(
         out.create_dataset(name, data=data)
     for name, ds in targets.items():
         digests.start(name, ds.dtype, ds.shape)
-    for start, stop in _chunks(offsets, width, len(pooled), bool(per_token), budget):
+    for start, stop in _chunks(offsets, width, len(pooled), bool(per_token), max(1, budget // 2)):
         _copy_chunk(start, stop, sources, offsets, targets, ids, per_token, cache, digests)
     main = default_output(manifest["layers"], manifest["pooling"])
     if main is not None:

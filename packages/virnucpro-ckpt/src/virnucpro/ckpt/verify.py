@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,19 @@ SLICE_BYTES = 64 * 2**20
 
 
 class DatasetDigests:
-    """Running sha256 per dataset; feed each dataset's rows in order, in any slices."""
+    """Running sha256 per dataset; feed each dataset's rows in order, in any slices.
 
-    def __init__(self) -> None:
+    With ``max_pending_bytes`` the hashing runs on a background thread (hashlib releases
+    the GIL), overlapping the merge's reads and writes; at most that many bytes of fed
+    arrays are held waiting to be hashed. Do not change an array after feeding it.
+    """
+
+    def __init__(self, max_pending_bytes: int = 0) -> None:
         self._digests: dict[str, Any] = {}
+        self._max_pending = max_pending_bytes
+        self._pool = ThreadPoolExecutor(1, "digests") if max_pending_bytes > 0 else None
+        self._pending: deque[tuple[Future[None], int]] = deque()
+        self._pending_bytes = 0
 
     def start(self, name: str, dtype: Any, shape: tuple[int, ...]) -> None:
         digest = hashlib.sha256()
@@ -48,18 +59,36 @@ class DatasetDigests:
         self._digests[name] = digest
 
     def update(self, name: str, values: np.ndarray) -> None:
-        self._digests[name].update(np.ascontiguousarray(values).tobytes())
+        self._feed(self._digests[name], np.ascontiguousarray(values).view(np.uint8))
 
     def update_ids(self, ids: Sequence[str]) -> None:
         encoded = [str(i).encode("utf-8") for i in ids]
-        sizes = np.array([len(e) for e in encoded], dtype="<i8")
-        digest = self._digests["ids"]
-        for size, data in zip(sizes, encoded, strict=True):
-            digest.update(size.tobytes())
-            digest.update(data)
+        blob = b"".join(len(e).to_bytes(8, "little") + e for e in encoded)
+        self._feed(self._digests["ids"], blob)
 
     def hexdigests(self) -> dict[str, str]:
+        self.close()
         return {name: digest.hexdigest() for name, digest in sorted(self._digests.items())}
+
+    def close(self) -> None:
+        """Finish (or, after an error, drop) the pending hashing and stop the thread."""
+        while self._pending:
+            self._pending.popleft()[0].result()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _feed(self, digest: Any, data: Any) -> None:
+        if self._pool is None:
+            digest.update(data)
+            return
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        while self._pending and self._pending_bytes + size > self._max_pending:
+            future, done = self._pending.popleft()
+            future.result()
+            self._pending_bytes -= done
+        self._pending.append((self._pool.submit(digest.update, data), size))
+        self._pending_bytes += size
 
 
 def verify_output(target: Path, full: bool = True) -> str | None:
