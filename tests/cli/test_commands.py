@@ -305,7 +305,7 @@ def test_a_directory_the_person_made_is_kept_after_a_failure(plugin_path, tmp_pa
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--pooling", "max"], "Invalid value for '--pooling': 'max' is not one of"),
+        (["--pooling", "median"], "Invalid value for '--pooling': 'median' is not one of"),
         (["--precision", "fp8"], "Invalid value for '--precision': 'fp8' is not one of"),
         (["--device", "tpu"], "'tpu' is not one of"),
         (["--gpus", "0,x"], "'x' in '0,x' is not a GPU id"),
@@ -315,7 +315,8 @@ def test_a_directory_the_person_made_is_kept_after_a_failure(plugin_path, tmp_pa
         (["--token-budget", "lots"], "'lots' is not a positive number"),
         (["--input-type", "dna", "--chunk-size", "400"], "400 is not one of 300, 500"),
         (["--chunk-size", "300"], "only applies with --input-type dna"),
-        (["--layers", "a"], "'a' is not a list of layer numbers"),
+        (["--layers", "a"], "'a' is not a list of layers such as 33"),
+        (["--layers", "5-3"], "range '5-3' in '5-3'"),
         (["--layers", ""], "Invalid value for --layers: is empty"),
         (["--layers", "2,2"], "a layer is given more than once"),
         (["--max-length", "-1"], "'--max-length': Input should be greater than or equal to 0"),

@@ -44,7 +44,7 @@ def test_builtins_register_through_entry_points(plugin_path):
     for command in ("run", "resume", "inspect-checkpoint", "plugins"):
         assert f" {command} " in text
     assert plugins.host.writers().names() == ["hdf5"]
-    assert backend_names(plugins) == ["esm2"]
+    assert backend_names(plugins) == ["esm2", "hf-esm2"]
 
 
 def test_third_party_plugin_adds_command_model_and_writer(plugin_path, demo_plugin):
@@ -58,7 +58,7 @@ def test_third_party_plugin_adds_command_model_and_writer(plugin_path, demo_plug
         True,
     )
     assert " demo-hello " in help_text(plugins)
-    assert backend_names(plugins) == ["demo-model", "esm2"]
+    assert backend_names(plugins) == ["demo-model", "esm2", "hf-esm2"]
     registry = plugins.host.model_registry()
     assert registry.resolve("demo:esm2_t6_8M_UR50D").name == "demo-model"
     assert registry.resolve("esm2_t6_8M_UR50D").name == "esm2"

@@ -106,6 +106,21 @@ def test_plain_progress_prints_every_interval():
     ]
 
 
+def test_plain_progress_does_not_repeat_the_last_line_on_close():
+    clock = FakeClock()
+    out = io.StringIO()
+    display = create_progress(Console(file=out, width=80), total=20, clock=clock, interval=5.0)
+    display.add_worker("cpu", total=20)
+    clock.now += 6.0
+    display.advance("cpu", 20, 2000)
+    display.close()
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "progress: 0/20 sequences (0.0%)",
+        "progress: 20/20 sequences (100.0%)",
+    ]
+
+
 def test_terminal_gets_rich_bars():
     assert isinstance(create_progress(rich_console(), total=10), RichProgress)
 

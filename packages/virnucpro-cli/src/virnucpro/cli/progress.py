@@ -216,13 +216,16 @@ class PlainProgress(ProgressDisplay):
     def _print_line(self) -> None:
         self._console.print(self.line(), markup=False, highlight=False, soft_wrap=True)
         self._last_line = self._clock()
+        self._printed = self.total.completed
 
     def _advanced(self, key: str) -> None:
         if self._clock() - self._last_line >= self._interval:
             self._print_line()
 
     def _closed(self) -> None:
-        self._print_line()
+        """The final count, unless the last line already showed it."""
+        if self.total.completed != self._printed:
+            self._print_line()
 
 
 def create_progress(
