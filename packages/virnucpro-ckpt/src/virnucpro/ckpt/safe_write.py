@@ -103,6 +103,7 @@ def _create_unbuffered(path: Path) -> h5py.File:
     once, so ENOSPC is raised by the write that hit it, not later while h5py frees a
     dataset (where the error is ignored and HDF5 is left broken)."""
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # as h5py.File
     fapl.set_sieve_buf_size(0)
     fid = h5py.h5f.create(str(path).encode(), h5py.h5f.ACC_TRUNC, fapl=fapl)
     return h5py.File(fid)
