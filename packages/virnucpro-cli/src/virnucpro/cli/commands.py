@@ -85,11 +85,21 @@ def _require_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def _placement(device: Device, gpus: str, workers: int, processes: int) -> Placement:
+def _placement(
+    device: Device, gpus: str, workers: int, processes: int, stall_timeout: float
+) -> Placement:
     if gpus.strip().lower() != "all" and device is Device.cpu:
         raise typer.BadParameter("cannot select GPUs with --device cpu", param_hint="--gpus")
+    if not stall_timeout > 0:
+        raise typer.BadParameter(f"{stall_timeout} is not > 0", param_hint="--stall-timeout")
     try:
-        return Placement(device=device.value, gpus=gpus, workers=workers, processes=processes)
+        return Placement(
+            device=device.value,
+            gpus=gpus,
+            workers=workers,
+            processes=processes,
+            stall_timeout=stall_timeout,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc).removeprefix("gpus: "), param_hint="--gpus") from None
 
@@ -116,6 +126,15 @@ WorkersOption = Annotated[
         min=0,
         metavar="N",
         help="Data loader processes (0: none); one device or torchrun ranks only.",
+        rich_help_panel=PLACEMENT,
+    ),
+]
+StallOption = Annotated[
+    float,
+    typer.Option(
+        metavar="SECONDS",
+        help="A worker or torchrun rank without progress this long is killed and its work "
+        "re-queued (a torchrun job ends, naming the rank).",
         rich_help_panel=PLACEMENT,
     ),
 ]
@@ -267,6 +286,7 @@ def run(
     gpus: GpusOption = "all",
     workers: WorkersOption = Placement.workers,
     processes: ProcessesOption = Placement.processes,
+    stall_timeout: StallOption = Placement.stall_timeout,
     checkpoint_every: Annotated[
         int,
         typer.Option(
@@ -313,7 +333,7 @@ def run(
         checkpoint_interval=_positive_seconds(checkpoint_interval),
         output_format=output_format,
     )
-    placement = _placement(device, gpus, workers, processes)
+    placement = _placement(device, gpus, workers, processes, stall_timeout)
     from virnucpro.infer.job.engine import run_job
 
     with GracefulStop() as stop:
@@ -342,11 +362,12 @@ def resume(
     gpus: GpusOption = "all",
     workers: WorkersOption = Placement.workers,
     processes: ProcessesOption = Placement.processes,
+    stall_timeout: StallOption = Placement.stall_timeout,
 ) -> None:
     """Continue a stopped run from its manifest and checkpoints."""
     state = app_state(ctx)
     run_dir = _require_run_dir(run_dir)
-    placement = _placement(device, gpus, workers, processes)
+    placement = _placement(device, gpus, workers, processes, stall_timeout)
     from virnucpro.infer.job.engine import resume_job
 
     with GracefulStop() as stop:

@@ -53,6 +53,7 @@ def embed(
     gpus: str | Sequence[int] | GpuSpec = Placement.gpus,
     processes: int = Placement.processes,
     workers: int = Placement.workers,
+    stall_timeout: float = Placement.stall_timeout,
     force: bool = False,
     reporter: Reporter | None = None,
     should_stop: StopFlag = never,
@@ -87,7 +88,13 @@ def embed(
         checkpoint_bytes=checkpoint_bytes,
         output_format=output_format,
     )
-    placement = Placement(device=device, gpus=gpus, processes=processes, workers=workers)
+    placement = Placement(
+        device=device,
+        gpus=gpus,
+        processes=processes,
+        workers=workers,
+        stall_timeout=stall_timeout,
+    )
     return run_job(
         config,
         Path(output),
@@ -106,13 +113,20 @@ def resume(
     gpus: str | Sequence[int] | GpuSpec = Placement.gpus,
     processes: int = Placement.processes,
     workers: int = Placement.workers,
+    stall_timeout: float = Placement.stall_timeout,
     reporter: Reporter | None = None,
     should_stop: StopFlag = never,
     plugins: PluginHost | None = None,
 ) -> Path:
     """Continue the run in ``run_dir`` from its manifest and checkpoints; return the
     path of the finished result."""
-    placement = Placement(device=device, gpus=gpus, processes=processes, workers=workers)
+    placement = Placement(
+        device=device,
+        gpus=gpus,
+        processes=processes,
+        workers=workers,
+        stall_timeout=stall_timeout,
+    )
     return resume_job(
         Path(run_dir), placement, plugins=plugins, reporter=reporter, should_stop=should_stop
     ).output

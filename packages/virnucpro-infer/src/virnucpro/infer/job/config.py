@@ -158,6 +158,10 @@ class Placement:
     """CPU runs: worker processes through the same queue as several GPUs."""
     workers: int = 2
     """Data loader processes of a single-device run or a torchrun rank (0: none)."""
+    stall_timeout: float = 900.0
+    """Seconds without progress after which a worker is killed and its work re-queued,
+    or a torchrun job ended naming the stalled rank (stretched to three times the
+    slowest batch seen)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.gpus, GpuSpec):
@@ -170,6 +174,7 @@ class Placement:
         _check(self.device in DEVICES, "device", f"one of {DEVICES}")
         _check(self.processes >= 1, "processes", "at least 1")
         _check(self.workers >= 0, "workers", "0 or more")
+        _check(self.stall_timeout > 0, "stall_timeout", "more than 0 seconds")
         if not self.gpus.all and self.device == "cpu":
             raise ConfigError("gpus: cannot select GPUs with device cpu")
 

@@ -29,7 +29,14 @@ from virnucpro.infer.job.errors import RunStopped
 from virnucpro.infer.job.executors import NodeExecutor, Ports, select_executor
 from virnucpro.infer.job.quality import quality_lines
 from virnucpro.infer.job.ranks import torchrun_world
-from virnucpro.infer.job.reporting import LoggingReporter, NoProgress, Reporter, StopFlag, never
+from virnucpro.infer.job.reporting import (
+    LoggingReporter,
+    NoProgress,
+    Progress,
+    Reporter,
+    StopFlag,
+    never,
+)
 from virnucpro.infer.job.rundir import removed_if_nothing_computed
 from virnucpro.infer.job.setup import (
     Session,
@@ -143,20 +150,38 @@ def _session(
         session = own[0] if own else join_session(run_dir, shared)
         batches = executor.share_of(_plan(session), session)
         total = session.manifest.num_sequences
-        with (
-            reporter.progress(total, len(shared.done)) if lead else contextlib.nullcontext()
-        ) as progress:
-            ports = Ports(progress or NoProgress(), reporter.say, should_stop, plugins)
-            outcome = executor.embed(session, batches, ports)
-        stopped, sequences, tokens = ranks.sum(
-            int(outcome.stopped), outcome.sequences, outcome.tokens
-        )
+        display = reporter.progress(total, len(shared.done)) if lead else contextlib.nullcontext()
+        with ranks.watch(placement.stall_timeout, reporter.say) as watch:
+            with display as progress:
+                ticking = _Ticking(progress or NoProgress(), watch.progressed)
+                ports = Ports(ticking, reporter.say, should_stop, plugins, placement.stall_timeout)
+                outcome = executor.embed(session, batches, ports)
+            watch.done()
+            # The slowest rank is still watched while the others wait here.
+            stopped, sequences, tokens = ranks.sum(
+                int(outcome.stopped), outcome.sequences, outcome.tokens
+            )
         if stopped:
             raise RunStopped(run_dir)
         if lead and isinstance(executor, NodeExecutor):
             # Killed workers may have left temporary files; the writer takes finished ones.
             resume_from_checkpoints(run_dir, session.manifest.to_dict(), quarantine=True)
         return _finish(run_dir, shared, plugins, started, sequences, tokens, lead)
+
+
+class _Ticking:
+    """Progress that also tells the rank watch a batch finished."""
+
+    def __init__(self, progress: Progress, tick: Callable[[], None]) -> None:
+        self.progress = progress
+        self.tick = tick
+
+    def add_worker(self, label: str, total: int | None, completed: int) -> None:
+        self.progress.add_worker(label, total, completed)
+
+    def advance(self, label: str, sequences: int, tokens: int) -> None:
+        self.tick()
+        self.progress.advance(label, sequences, tokens)
 
 
 def _plan(session: Session) -> list[np.ndarray]:

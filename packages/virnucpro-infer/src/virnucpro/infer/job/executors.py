@@ -27,6 +27,7 @@ from virnucpro.infer.job.node_worker import UnitResult, embedding_worker
 from virnucpro.infer.job.ranks import Coordinator, Solo, World
 from virnucpro.infer.job.reporting import Progress, StopFlag
 from virnucpro.infer.job.setup import Session
+from virnucpro.infer.job.watch import STARTUP_TIMEOUT_S
 from virnucpro.infer.pipeline import STOPPED
 from virnucpro.infer.plugins import PluginHost
 from virnucpro.infer.queue_manager import BatchQueueManager, QueueEvent
@@ -43,6 +44,8 @@ class Ports:
     say: Callable[[str], None]
     should_stop: StopFlag
     plugins: PluginHost
+    stall_timeout: float
+    """Seconds without progress before a worker counts as stalled."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,8 @@ class NodeExecutor:
                 "world_size": len(self.targets),
                 "warmup": self.warmup,
             },
+            stall_timeout_s=ports.stall_timeout,
+            startup_timeout_s=max(ports.stall_timeout, STARTUP_TIMEOUT_S),
         )
         units = cut_into_units(batches, session.index.ids, len(self.targets))
         finished = threading.Event()
@@ -226,6 +231,11 @@ class _EventProgress:
             self.say(
                 f"worker {self.labels[slot]} failed ({event.detail}); "
                 f"respawning it; unit {event.unit_id} goes back to the queue"
+            )
+        elif event.kind == "stalled":
+            self.say(
+                f"worker {self.labels[slot]} made no progress ({event.detail}); killed, "
+                f"unit {event.unit_id} goes back to the queue"
             )
         elif event.kind == "retired":
             self.say(f"worker {self.labels[slot]} failed too often; retired")

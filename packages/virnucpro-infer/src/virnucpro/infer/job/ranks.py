@@ -17,12 +17,14 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from virnucpro.infer.job.errors import ConfigError, JobError
+from virnucpro.infer.job.watch import RankWatch
 
 T = TypeVar("T")
 BACKEND = "gloo"
 COLLECTIVE_TIMEOUT = timedelta(days=7)
 """A rank that finishes early waits in the final all-reduce for the slowest one; a dead
-peer is noticed at once (its connection closes), so only a hung one waits this long."""
+peer is noticed at once (its connection closes), and a hung one by the rank watch
+(``Placement.stall_timeout``), which ends the job long before this."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,27 @@ class RankFailedError(JobError):
         self.kind = kind
 
 
+class _Unwatched:
+    def progressed(self) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
+
+    def __enter__(self) -> _Unwatched:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
 class Solo:
-    """One process: sharing is calling, summing is returning."""
+    """One process: sharing is calling, summing is returning, nobody to watch."""
 
     world = World(0, 1, 0, 1)
+
+    def watch(self, timeout: float, say: Callable[[str], None]) -> _Unwatched:
+        return _Unwatched()
 
     def share(self, produce: Callable[[], T] | None) -> T:
         assert produce is not None
@@ -106,6 +125,13 @@ class Coordinator:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+
+    def watch(self, timeout: float, say: Callable[[str], None]) -> RankWatch:
+        """Every rank's progress, watched by every rank (see :mod:`.watch`)."""
+        from torch.distributed import distributed_c10d
+
+        store = distributed_c10d._get_default_store()
+        return RankWatch(store, self.world.rank, self.world.size, timeout, say)
 
     def share(self, produce: Callable[[], T] | None) -> T:
         """Rank 0 runs ``produce`` and every rank gets its value; if it raises, rank 0
