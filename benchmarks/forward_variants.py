@@ -116,7 +116,7 @@ class Legacy(PackedESM2):
         wanted = resolve_layers(repr_layers, self.num_layers)
         layout = build_layout(cu_seqlens, max_seqlen, input_ids.shape[0])
         x = self._embed(input_ids, layout)
-        cos, sin = rotary_tables(layout.positions, self.head_dim)
+        cos, sin = rotary_tables(layout.positions, self._inv_freq)
         prepared = self.attention.prepare(layout)
         representations = {}
         for index in range(max(wanted)):

@@ -258,11 +258,6 @@ def test_stored_rotary_frequencies_are_kept(hf_folder, tmp_path):
         assert torch.equal(layer.self_attn.rot_emb.inv_freq, rounded)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PackedESM2 recomputes inv_freq instead of using the module's stored buffer, "
-    "which fair-esm and transformers use (ESM-2's published weights carry fp16-rounded ones)",
-)
 def test_packed_forward_uses_stored_fp16_rounded_rotary(make_esm2, packing, tmp_path):
     model = make_esm2(1, 128, 2, seed=4)
     with torch.no_grad():  # sharper attention, so rotary angles matter

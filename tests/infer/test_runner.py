@@ -177,7 +177,7 @@ def test_bad_settings_are_refused_in_one_line():
     with pytest.raises(ValueError, match="no representation layers"):
         AsyncInferenceRunner(FORWARD, "cpu", [])
     with pytest.raises(ValueError, match="unknown pooling"):
-        AsyncInferenceRunner(FORWARD, "cpu", [LAYER], poolings=["max"])
+        AsyncInferenceRunner(FORWARD, "cpu", [LAYER], poolings=["median"])
 
 
 class _SlowEmbeddingForward:

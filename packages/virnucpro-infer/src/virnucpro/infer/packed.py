@@ -46,10 +46,12 @@ def resolve_layers(layers: Iterable[int], num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(resolved))
 
 
-def rotary_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (T, 1, head_dim) in fp32, computed as fair-esm's
-    RotaryEmbedding does (its inv_freq formula evaluated on the CPU, as at its init)."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+def rotary_tables(
+    positions: torch.Tensor, inv_freq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (T, 1, head_dim) in fp32 from the model's own stored
+    frequencies, as fair-esm's RotaryEmbedding uses them (published ESM-2 weights carry
+    them rounded to fp16: recomputing them from the formula moves long sequences)."""
     freqs = positions.to(torch.float32)[:, None] * inv_freq.to(positions.device)[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]
     return angles.cos(), angles.sin()
@@ -127,6 +129,17 @@ def _layer_weights(layer: torch.nn.Module) -> tuple[tuple, tuple]:
     return project, finish
 
 
+def _shared_inv_freq(model: torch.nn.Module) -> torch.Tensor:
+    """The rotary frequencies every layer stores (float32); one table serves all."""
+    stored = [layer.self_attn.rot_emb.inv_freq.detach().float() for layer in model.layers]
+    if any(not torch.equal(stored[0], other) for other in stored[1:]):
+        raise ValueError(
+            "the model's layers store different rotary frequencies; the packed forward "
+            "shares one table across layers and cannot run it exactly"
+        )
+    return stored[0]
+
+
 class PackedESM2:
     """Callable `(input_ids, cu_seqlens, max_seqlen, repr_layers) -> {layer: (T, D)}`.
 
@@ -171,6 +184,7 @@ class PackedESM2:
         # and measured 278K vs 325K tokens/s on 650M, H100).
         self._mark_dynamic = compile
         self._weights = [_layer_weights(layer) for layer in model.layers]
+        self._inv_freq = _shared_inv_freq(model)
 
     @property
     def num_layers(self) -> int:
@@ -193,7 +207,7 @@ class PackedESM2:
         deepest = max(wanted, default=0)
         if deepest == 0:
             return representations
-        cos, sin = rotary_tables(layout.positions, self.head_dim)
+        cos, sin = rotary_tables(layout.positions, self._inv_freq)
         prepared = self.attention.prepare(layout)
         if self._mark_dynamic:
             _mark_tokens_dynamic(x, cos, sin)
