@@ -16,7 +16,7 @@ import torch
 
 from virnucpro.ckpt import open_embeddings
 from virnucpro.infer import Placement, RunConfig, RunStopped, embed, load_model, resume, run_job
-from virnucpro.infer.job.errors import BadInputError, RunDirMismatchError
+from virnucpro.infer.job.errors import BadInputError, OutputError, RunDirMismatchError
 from virnucpro.infer.job.reporting import LoggingReporter
 
 MODEL = "esm2_t6_8M_UR50D"
@@ -193,3 +193,29 @@ def test_the_run_says_what_happened_to_odd_input(tmp_path):
         embed(odd, tmp_path / "strict", strict=True, **TINY)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "strict").exists()
+
+
+def _flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    path.write_bytes(data)
+
+
+def test_checkpoints_go_after_a_verified_merge_and_a_damaged_output_is_said(
+    proteins, tmp_path, caplog
+):
+    removed = embed(proteins, tmp_path / "removed", **TINY)
+    assert not (tmp_path / "removed" / "checkpoints").exists()
+    kept = embed(proteins, tmp_path / "kept", keep_checkpoints=True, **TINY)
+    assert any((tmp_path / "kept" / "checkpoints").glob("rank_*/*.h5"))
+    with open_embeddings(kept) as result:
+        expected = result.mean()
+    _flip_bytes(kept)
+    assert resume(tmp_path / "kept", device="cpu", workers=0) == kept
+    assert any("the output is damaged" in r.getMessage() for r in caplog.records)
+    with open_embeddings(kept) as result:
+        np.testing.assert_array_equal(result.mean(), expected)
+    _flip_bytes(removed)
+    with pytest.raises(OutputError, match="checkpoints were removed after the merge"):
+        resume(tmp_path / "removed", device="cpu", workers=0)

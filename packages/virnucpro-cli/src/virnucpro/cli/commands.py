@@ -304,6 +304,14 @@ def run(
             rich_help_panel=CHECKPOINTS,
         ),
     ] = RunConfig.checkpoint_interval,
+    keep_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--keep-checkpoints",
+            help="Keep the checkpoints after the output is written and verified.",
+            rich_help_panel=CHECKPOINTS,
+        ),
+    ] = RunConfig.keep_checkpoints,
     force: Annotated[
         bool,
         typer.Option(
@@ -332,6 +340,7 @@ def run(
         checkpoint_every=checkpoint_every,
         checkpoint_interval=_positive_seconds(checkpoint_interval),
         output_format=output_format,
+        keep_checkpoints=keep_checkpoints,
     )
     placement = _placement(device, gpus, workers, processes, stall_timeout)
     from virnucpro.infer.job.engine import run_job

@@ -49,6 +49,7 @@ def embed(
     checkpoint_interval: float = RunConfig.checkpoint_interval,
     checkpoint_bytes: int = RunConfig.checkpoint_bytes,
     output_format: str = RunConfig.output_format,
+    keep_checkpoints: bool = RunConfig.keep_checkpoints,
     device: str = Placement.device,
     gpus: str | Sequence[int] | GpuSpec = Placement.gpus,
     processes: int = Placement.processes,
@@ -87,6 +88,7 @@ def embed(
         checkpoint_interval=checkpoint_interval,
         checkpoint_bytes=checkpoint_bytes,
         output_format=output_format,
+        keep_checkpoints=keep_checkpoints,
     )
     placement = Placement(
         device=device,

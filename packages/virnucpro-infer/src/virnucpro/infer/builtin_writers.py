@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from virnucpro.ckpt import merge_checkpoints
+from virnucpro.ckpt import merge_checkpoints, verify_output
 from virnucpro.infer.hookspecs import hookimpl
 from virnucpro.infer.writers import WriterRegistry
 
@@ -21,14 +21,8 @@ class Hdf5Writer:
         return merge_checkpoints(run_dir)
 
     def check(self, run_dir: Path) -> str | None:
-        output = self.output_path(run_dir)
-        if not output.is_file():
-            return f"{output} is missing"
-        merged = output.stat().st_mtime
-        stamps = [p.stat().st_mtime for p in Path(run_dir, "checkpoints").glob("rank_*/*.h5")]
-        if stamps and merged < max(stamps):
-            return f"{output} is older than the checkpoints"
-        return None
+        """Every dataset read back against the sha256 the merge recorded while writing."""
+        return verify_output(run_dir)
 
 
 @hookimpl

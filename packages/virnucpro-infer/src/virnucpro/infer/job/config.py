@@ -75,6 +75,9 @@ class RunConfig:
     memory whatever the pooling), whichever comes first."""
     output_format: str = DEFAULT_FORMAT
     """The registered output writer that turns the checkpoints into the result."""
+    keep_checkpoints: bool = False
+    """Keep the checkpoints after the output is written and verified (by default they
+    are removed, so the data is on disk once)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(Path(p) for p in self.inputs))
@@ -136,6 +139,7 @@ class RunConfig:
                 checkpoint_interval=float(manifest["checkpoint_interval"]),
                 checkpoint_bytes=int(manifest["checkpoint_bytes"]),
                 output_format=manifest.get("output_format", DEFAULT_FORMAT),
+                keep_checkpoints=bool(manifest.get("keep_checkpoints", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"the run's manifest is incomplete or damaged ({exc})") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from virnucpro.ckpt import RunLock, resume_from_checkpoints
 from virnucpro.data import plan_batches
 from virnucpro.infer.job.config import Placement, RunConfig
 from virnucpro.infer.job.devices import Target
-from virnucpro.infer.job.errors import RunStopped
+from virnucpro.infer.job.errors import OutputError, RunStopped
 from virnucpro.infer.job.executors import NodeExecutor, Ports, select_executor
 from virnucpro.infer.job.quality import quality_lines
 from virnucpro.infer.job.ranks import torchrun_world
@@ -49,6 +50,7 @@ from virnucpro.infer.job.translate import job_errors
 from virnucpro.infer.plugins import PluginHost, load_plugins
 
 DEFAULT_PLACEMENT = Placement()
+CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -201,13 +203,23 @@ def _finish(
     tokens: int,
     lead: bool,
 ) -> JobResult:
-    """The lead writes the output unless an intact one is there already."""
+    """The lead writes the output unless an intact one is there already, checks what it
+    wrote, and then (unless the run keeps them) removes the checkpoints: the data is
+    on disk once. An output that does not check keeps every checkpoint and says so."""
     writer = plugins.writers().get(shared.manifest.output_format)
     complete_before = sequences == 0 and shared.complete
-    if not lead or (complete_before and writer.check(run_dir) is None):
+    if not lead or shared.output_intact:
         output = writer.output_path(run_dir)
     else:
         output = writer.write(run_dir)
+        problem = writer.check(run_dir)
+        if problem is not None:
+            raise OutputError(
+                f"the output just written does not check ({problem}); every checkpoint is "
+                f"kept: run `virnucpro resume {run_dir}` to write it again"
+            )
+        if not shared.manifest.keep_checkpoints:
+            shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)
     return JobResult(
         output=output,
         sequences=shared.manifest.num_sequences,

@@ -69,6 +69,7 @@ class RunManifest:
     checkpoint_interval: float
     checkpoint_bytes: int
     output_format: str
+    keep_checkpoints: bool
     quality: dict[str, Any]
     """Counts of the input's oddities (``virnucpro.infer.job.quality``)."""
     versions: dict[str, str]
@@ -116,6 +117,7 @@ def _legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
         "window_overlap": 256,
         "strict": False,
         "quality": {},
+        "keep_checkpoints": True,
     }
 
 

@@ -29,6 +29,7 @@ from virnucpro.infer.job.errors import (
     ConfigError,
     InputsChangedError,
     MissingInputError,
+    OutputError,
     RunDirMismatchError,
 )
 from virnucpro.infer.job.manifest import (
@@ -57,6 +58,8 @@ class Shared:
     done: np.ndarray
     """Input indices valid checkpoints hold."""
     done_by_rank: dict[int, int] = field(default_factory=dict)
+    output_intact: bool = False
+    """The output is written and verified: nothing to do at all."""
 
     @property
     def complete(self) -> bool:
@@ -97,7 +100,7 @@ def set_up_run(
 ) -> Session:
     """Claim ``run_dir`` (``force``: move an old run beside it), index, describe the
     model, write the manifest."""
-    stored = _claim(run_dir, config, force, reporter)
+    stored = _claim(run_dir, config, force, reporter, plugins)
     if stored is not None:
         return _resume_stored(run_dir, stored, target, plugins, reporter)
     _check_format(config.output_format, plugins)
@@ -138,11 +141,12 @@ def set_up_run(
         checkpoint_interval=config.checkpoint_interval,
         checkpoint_bytes=config.checkpoint_bytes,
         output_format=config.output_format,
+        keep_checkpoints=config.keep_checkpoints,
         quality=quality_counts(index, config.max_length, config.long),
         versions=package_versions(),
     )
     write_manifest(run_dir, manifest.to_dict())
-    return Session(run_dir, _scan(run_dir, manifest, model, reporter), index)
+    return Session(run_dir, _scan(run_dir, manifest, model, reporter, plugins), index)
 
 
 def set_up_resume(
@@ -179,7 +183,8 @@ def _resume_stored(
     reporter: Reporter,
 ) -> Session:
     index = _rebuild_index(run_dir, stored)
-    shared = _scan(run_dir, stored, None, reporter)
+    shared = _scan(run_dir, stored, None, reporter, plugins)
+    check_nothing_lost(run_dir, shared, plugins)
     if shared.complete:
         return Session(run_dir, shared, index)
     model = _describe(plugins, stored.model, stored.random_weights, stored.seed or 0)
@@ -214,17 +219,41 @@ def _check_format(name: str, plugins: PluginHost) -> None:
 
 
 def _scan(
-    run_dir: Path, manifest: RunManifest, model: ModelInfo | None, reporter: Reporter
+    run_dir: Path,
+    manifest: RunManifest,
+    model: ModelInfo | None,
+    reporter: Reporter,
+    plugins: PluginHost,
 ) -> Shared:
-    """What valid checkpoints hold; every file set aside is said in one line."""
+    """What is done: every row when the written output is intact (its checkpoints may
+    be gone), else what valid checkpoints hold. Every file set aside is said in one
+    line, and so is a damaged output."""
+    writer = plugins.writers().get(manifest.output_format)
+    if writer.output_path(run_dir).exists():
+        problem = writer.check(run_dir)
+        if problem is None:
+            done = np.arange(manifest.num_sequences, dtype=np.int64)
+            return Shared(manifest, model, done, output_intact=True)
+        reporter.say(f"the output is damaged: {problem}")
     found = resume_from_checkpoints(run_dir, manifest.to_dict(), quarantine=True)
     for moved in found.quarantined:
-        reporter.say(f"quarantined {moved.source}: {moved.reason}")
+        reporter.say(moved.message)
     by_rank: dict[int, int] = {}
     for info in found.checkpoints:
         if info.rank is not None:
             by_rank[info.rank] = by_rank.get(info.rank, 0) + info.num_sequences
     return Shared(manifest, model, found.done_indices, by_rank)
+
+
+def check_nothing_lost(run_dir: Path, shared: Shared, plugins: PluginHost) -> None:
+    """A damaged output whose checkpoints were removed cannot be rebuilt: say so."""
+    writer = plugins.writers().get(shared.manifest.output_format)
+    checkpoints = any((run_dir / "checkpoints").glob("rank_*/*.h5"))
+    if writer.output_path(run_dir).exists() and not shared.output_intact and not checkpoints:
+        raise OutputError(
+            f"{writer.output_path(run_dir)} is damaged and its checkpoints were removed "
+            f"after the merge: recompute it with `virnucpro run ... -o {run_dir} --force`"
+        )
 
 
 def _rebuild_index(run_dir: Path, stored: RunManifest) -> SequenceIndex:
@@ -241,7 +270,9 @@ def _rebuild_index(run_dir: Path, stored: RunManifest) -> SequenceIndex:
     return index
 
 
-def _claim(run_dir: Path, config: RunConfig, force: bool, reporter: Reporter) -> RunManifest | None:
+def _claim(
+    run_dir: Path, config: RunConfig, force: bool, reporter: Reporter, plugins: PluginHost
+) -> RunManifest | None:
     """None: ``run_dir`` is free (or freed by ``force``). The stored manifest: it holds
     this very run, which then continues like ``resume`` (complete: it says so)."""
     used = used_entries(run_dir)
@@ -262,6 +293,8 @@ def _claim(run_dir: Path, config: RunConfig, force: bool, reporter: Reporter) ->
             f"continue it with `virnucpro resume {run_dir}`, choose another output "
             "directory, or start over with --force"
         )
+    if _output_intact(run_dir, stored, plugins):
+        return stored
     done = resume_from_checkpoints(
         run_dir, stored.to_dict(), quarantine=False, verify_checksum=False
     )
@@ -271,6 +304,11 @@ def _claim(run_dir: Path, config: RunConfig, force: bool, reporter: Reporter) ->
             f"sequences: continue it with `virnucpro resume {run_dir}`, or start over with --force"
         )
     return stored
+
+
+def _output_intact(run_dir: Path, manifest: RunManifest, plugins: PluginHost) -> bool:
+    writer = plugins.writers().get(manifest.output_format)
+    return writer.output_path(run_dir).exists() and writer.check(run_dir) is None
 
 
 def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
