@@ -50,6 +50,8 @@ from virnucpro.infer import PackedESM2, load_model
 AMINO_ACIDS = np.frombuffer(b"LAGVSERTIDPKQNFYMHWC", dtype=np.uint8)
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 STEADY = (0.16, 0.96)
+FORWARD_TOKENS = 4_000_000
+"""The bare forward is timed on the first batches of the plan up to this many tokens."""
 FULL = {
     "runs": [
         ("esm2_t33_650M_UR50D", "reads", "mean", 23_000_000),
@@ -156,6 +158,8 @@ def forward_speed(model_name: str, fasta: Path, budget: int, device: torch.devic
     forward = PackedESM2(model.model, compile=device.type == "cuda")
     index = build_index([fasta])
     plan = plan_batches(index.lengths, budget, 1022)
+    budget_tokens = np.cumsum([int(index.lengths[b].sum()) + 2 * len(b) for b in plan])
+    plan = plan[: int(np.searchsorted(budget_tokens, FORWARD_TOKENS)) + 4]
     batches = [pack_residues(index.read_many(b), index.ids_of(b), b) for b in plan]
     last = model.num_layers
 
@@ -169,7 +173,8 @@ def forward_speed(model_name: str, fasta: Path, budget: int, device: torch.devic
 
     for batch in batches[:3]:
         go(batch)
-    timed = batches[3:] or batches
+    sizes = np.cumsum([int(b["input_ids"].numel()) for b in batches[3:]])
+    timed = batches[3 : 3 + int(np.searchsorted(sizes, FORWARD_TOKENS)) + 1] or batches
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
