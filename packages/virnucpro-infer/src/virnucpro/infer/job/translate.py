@@ -17,9 +17,6 @@ from virnucpro.ckpt import (
     RunLockedError,
 )
 from virnucpro.ckpt import DiskFullError as CheckpointDiskFullError
-from virnucpro.ckpt import (
-    DiskFullError as CkptDiskFullError,
-)
 from virnucpro.data import InputError
 from virnucpro.infer.job.errors import (
     BadInputError,
@@ -54,7 +51,7 @@ def as_job_error(exc: BaseException) -> JobError | None:
         return exc
     if isinstance(exc, CheckpointDiskFullError):
         return DiskFullError(message)
-    if isinstance(exc, CkptDiskFullError) or _no_space(exc):
+    if _no_space(exc):
         return DiskFullError(f"disk full: {message}; free some space, then resume the run")
     if isinstance(exc, InputError):
         return BadInputError(message)
