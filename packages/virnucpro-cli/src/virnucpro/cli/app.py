@@ -48,7 +48,8 @@ class PlainHelpCommand(typer.core.TyperCommand):
         params = super().get_params(ctx)
         for param in params:
             if isinstance(param, typer.core.TyperArgument):
-                plain = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                name = param.metavar or (param.name or "").upper()
+                plain = name + ("..." if param.nargs != 1 else "")
                 param.display_type_rich = _no_type  # type: ignore[method-assign]
                 param._usage_display_name = lambda plain=plain: plain  # type: ignore[method-assign,misc]
         return params

@@ -107,6 +107,7 @@ def _placement(
 DeviceOption = Annotated[
     Device,
     typer.Option(
+        "--device",
         metavar="[auto|cpu|cuda]",
         help="Where to run; cuda fails if no GPU.",
         rich_help_panel=PLACEMENT,
@@ -115,6 +116,7 @@ DeviceOption = Annotated[
 GpusOption = Annotated[
     str,
     typer.Option(
+        "--gpus",
         metavar="IDS",
         help="GPUs by physical id as nvidia-smi shows them: all, or e.g. 2,3.",
         rich_help_panel=PLACEMENT,
@@ -123,6 +125,7 @@ GpusOption = Annotated[
 WorkersOption = Annotated[
     int,
     typer.Option(
+        "--workers",
         min=0,
         metavar="N",
         help="Data loader processes (0: none); one device or torchrun ranks only.",
@@ -132,6 +135,7 @@ WorkersOption = Annotated[
 StallOption = Annotated[
     float,
     typer.Option(
+        "--stall-timeout",
         metavar="SECONDS",
         help="A worker or torchrun rank without progress this long is killed and its work "
         "re-queued (a torchrun job ends, naming the rank).",
@@ -141,6 +145,7 @@ StallOption = Annotated[
 ProcessesOption = Annotated[
     int,
     typer.Option(
+        "--processes",
         min=1,
         metavar="N",
         help="CPU runs: worker processes sharing the cores, through the same queue as GPUs.",
@@ -168,6 +173,7 @@ def run(
     model: Annotated[
         str,
         typer.Option(
+            "--model",
             metavar="MODEL",
             help="fair-esm name, .pt file, Hugging Face hub id or folder "
             f"(virnucpro models) [default: {RunConfig.model}].",
@@ -184,11 +190,13 @@ def run(
         ),
     ] = RunConfig.random_weights,
     seed: Annotated[
-        int, typer.Option(metavar="N", help="Seed of random weights.", rich_help_panel=MODEL)
+        int,
+        typer.Option("--seed", metavar="N", help="Seed of random weights.", rich_help_panel=MODEL),
     ] = RunConfig.seed,
     layers: Annotated[
         str,
         typer.Option(
+            "--layers",
             metavar="LIST",
             help="fair-esm layers: numbers and ranges, comma-separated (33, -1,-2, 20-33, "
             "-4--1; negative counts from the last), all, or last.",
@@ -198,6 +206,7 @@ def run(
     pooling: Annotated[
         list[Pooling],
         typer.Option(
+            "--pooling",
             metavar="[mean|max|bos|per-token]",
             help="Repeat for several; mean excludes BOS/EOS [default: mean].",
             show_default=False,
@@ -207,6 +216,7 @@ def run(
     precision: Annotated[
         Precision,
         typer.Option(
+            "--precision",
             metavar="[auto|fp32|bf16|fp16]",
             help="auto: bf16 on GPUs that have it.",
             rich_help_panel=MODEL,
@@ -224,6 +234,7 @@ def run(
     input_type: Annotated[
         InputType,
         typer.Option(
+            "--input-type",
             metavar="[protein|dna]",
             help="dna: six-frame translation of reads.",
             rich_help_panel=DATA,
@@ -232,6 +243,7 @@ def run(
     chunk_size: Annotated[
         int | None,
         typer.Option(
+            "--chunk-size",
             metavar="N",
             help=f"DNA reads mode: chunk length, 300 or 500 [default: {RunConfig.chunk_size}].",
             show_default=False,
@@ -250,6 +262,7 @@ def run(
     max_length: Annotated[
         int,
         typer.Option(
+            "--max-length",
             min=0,
             metavar="N",
             help="Residues per pass; longer sequences follow --long (0: no limit).",
@@ -259,6 +272,7 @@ def run(
     long: Annotated[
         LongMode,
         typer.Option(
+            "--long",
             metavar="[truncate|full|window]",
             help="Sequences over --max-length: truncate (as fair-esm), full (one pass; "
             "ESM-2 was trained to 1022), or window (overlapping windows, averaged).",
@@ -268,6 +282,7 @@ def run(
     window_overlap: Annotated[
         int,
         typer.Option(
+            "--window-overlap",
             min=0,
             metavar="N",
             help="--long window: residues shared by consecutive windows.",
@@ -277,6 +292,7 @@ def run(
     token_budget: Annotated[
         str,
         typer.Option(
+            "--token-budget",
             metavar="N",
             help="Tokens per batch, or auto from free GPU memory.",
             rich_help_panel=PLACEMENT,
@@ -290,6 +306,7 @@ def run(
     checkpoint_every: Annotated[
         int,
         typer.Option(
+            "--checkpoint-every",
             min=1,
             metavar="N",
             help="Checkpoint after this many sequences.",
@@ -299,6 +316,7 @@ def run(
     checkpoint_interval: Annotated[
         float,
         typer.Option(
+            "--checkpoint-interval",
             metavar="SECONDS",
             help="Checkpoint after this many seconds.",
             rich_help_panel=CHECKPOINTS,
