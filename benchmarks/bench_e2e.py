@@ -254,7 +254,7 @@ def one_run(spec: tuple, work: Path, args: argparse.Namespace, device: torch.dev
         entry["reads"] = size
         entry["reads_per_s_to_first_batch"] = round(size / first[0]) if first else None
         entry["cli_reads_per_s"] = round(size / wall)
-    if pooling == "mean" and kind == "reads":
+    if pooling == "mean" and kind == "reads" and not args.cli_only:
         say(f"forward alone {model}")
         entry["forward_tokens_per_s"] = round(forward_speed(model, inputs, budget, device))
         entry["min_cos_vs_fp32"] = min_cosine(model, run_dir, args.check, device)
@@ -269,6 +269,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="8M model, tiny sets (smoke)")
     parser.add_argument("--only", nargs="*", type=int, help="indices of the runs to do")
+    parser.add_argument(
+        "--cli-only", action="store_true", help="no bare forward or fp32 check (e.g. several GPUs)"
+    )
     return parser.parse_args(argv)
 
 
@@ -278,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.check = settings["check"]
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if device.type == "cuda":
+        name = f"{torch.cuda.device_count()} x {name}"
     report = {"device": name, "command": " ".join(sys.argv), "runs": [], "complete": False}
     runs = [settings["runs"][i] for i in args.only] if args.only else settings["runs"]
     with tempfile.TemporaryDirectory() as scratch:
