@@ -30,12 +30,12 @@ MODEL = "esm2_t6_8M_UR50D"
 TINY = ["--model", MODEL, "--random-weights", "--device", "cpu", "--workers", "0"]
 PROTEINS = ("MKVLAAGIVW", "MSTQWHEKLR", "MWPGRSTAC", "MKKLLPTEAGHQ")
 # Every option that changes what is computed, none at its default; one protein per
-# batch and a checkpoint after each, so a checkpoint can be taken away below.
+# batch and a checkpoint after each, kept, so a checkpoint can be taken away below.
 EVERY_OPTION = [
     *TINY,
     "--seed", "7", "--layers", "-1,3", "--pooling", "bos", "--pooling", "per-token",
     "--pooling", "bos", "--precision", "fp32", "--token-budget", "16", "--max-length", "0",
-    "--checkpoint-every", "1", "--checkpoint-interval", "2.5",
+    "--checkpoint-every", "1", "--checkpoint-interval", "2.5", "--keep-checkpoints",
 ]  # fmt: skip
 
 Outcome = tuple[int, str, str]
@@ -123,6 +123,7 @@ def test_every_option_reaches_the_manifest(finished, inputs):
         "max_length": 0,
         "checkpoint_every": 1,
         "checkpoint_interval": 2.5,
+        "keep_checkpoints": True,
         "output_format": "hdf5",
     }
     assert {key: stored[key] for key in expected} == expected
@@ -251,9 +252,12 @@ def test_force_moves_the_old_run_beside_the_run_dir(finished, inputs, tmp_path):
         "max_length": 1022,
         "checkpoint_every": 10_000,
         "checkpoint_interval": 300.0,
+        "keep_checkpoints": False,
         "output_format": "hdf5",
     }
     assert {key: stored[key] for key in defaults} == defaults
+    # The output is verified, so the checkpoints are gone: the data is on disk once.
+    assert {p.name for p in run_dir.iterdir()} == {"manifest.json", "embeddings.h5", "run.lock"}
 
 
 @pytest.mark.parametrize(
@@ -472,3 +476,23 @@ def test_the_entry_point_does_not_import_torch(child_env: Callable[..., dict[str
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "no torch"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ckpt.inspect_run counts rows from checkpoints only, so a finished run whose "
+    "checkpoints were removed after the verified merge reads as interrupted, 0/N",
+)
+def test_inspect_a_finished_run_without_checkpoints(plugin_path, fasta, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = call(["run", fasta, "-o", run_dir, *TINY])
+    assert code == 0, err
+    assert not (run_dir / "checkpoints").exists()
+    code, out, err = call(["inspect-checkpoint", run_dir, "--json"])
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert (report["state"], report["completed_sequences"], report["total_sequences"]) == (
+        "complete",
+        2,
+        2,
+    )

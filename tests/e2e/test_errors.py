@@ -109,7 +109,7 @@ def test_used_run_dir_force_and_changed_inputs(virnucpro, fasta, tmp_path, fast_
     assert list(read_output(run_dir / "embeddings.h5")["ids"]) == ["a", "b", "c"]
     (replaced,) = tmp_path.glob("run.replaced-*")
     assert f"--force: the previous run in {run_dir} was moved to {replaced}" in forced.stderr
-    assert {p.name for p in replaced.iterdir()} == {"manifest.json", "checkpoints", "embeddings.h5"}
+    assert {p.name for p in replaced.iterdir()} == {"manifest.json", "embeddings.h5"}
     assert list(read_output(replaced / "embeddings.h5")["ids"]) == ["a", "b"]
     assert not list(run_dir.glob("*replaced*"))
 

@@ -20,6 +20,9 @@ import numpy as np
 import pytest
 
 SMALL = ["--max-length", "80", "--checkpoint-every", "2", "--workers", "0", "--device", "cpu"]
+KEEP = "--keep-checkpoints"
+"""Where a test looks at rank directories after the run: by default they go once the
+output is verified."""
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +102,7 @@ def test_worker_processes_equal_one_process(
 ):
     run_dir = tmp_path / "run"
     result = virnucpro(
-        ["run", many_proteins, "-o", run_dir, *fast_args, *SMALL, "--processes", "2"]
+        ["run", many_proteins, "-o", run_dir, *fast_args, *SMALL, "--processes", "2", KEEP]
     )
     assert result.returncode == 0, result.stderr
     assert_same(single, read_output(run_dir / "embeddings.h5"))
@@ -156,7 +159,7 @@ def test_torchrun_ranks_equal_one_process(
 ):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        torchrun(ranks, ["run", many_proteins, "-o", run_dir, *fast_args, *SMALL]),
+        torchrun(ranks, ["run", many_proteins, "-o", run_dir, *fast_args, *SMALL, KEEP]),
         env=cli_env,
         capture_output=True,
         text=True,

@@ -37,6 +37,11 @@ def test_run_equals_fair_esm_forward(
     assert np.array_equal(out["lengths"], np.minimum(full, MAX_LENGTH))
     assert np.array_equal(out["truncated"], full > MAX_LENGTH)
     assert out["truncated"].any() and not out["truncated"].all()
+    (note,) = [line for line in result.stdout.splitlines() if line.startswith("note: ")]
+    assert note.startswith(
+        f"note: {out['truncated'].sum()} sequences longer than {MAX_LENGTH} residues "
+        f"truncated to {MAX_LENGTH} residues ("
+    )
     expected = np.stack([reference(residues[:MAX_LENGTH]) for _, residues in records])
     np.testing.assert_allclose(out["embeddings"], expected, rtol=0, atol=1e-5)
 
