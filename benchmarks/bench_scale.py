@@ -129,7 +129,8 @@ def run_once(setup: Session, devices: list[str], run_dir: Path, kill: bool) -> t
     manifest = setup.manifest
     write_manifest(run_dir, manifest.to_dict())
     session = Session(run_dir, setup.shared, setup.index)
-    batches = plan_batches(setup.index.lengths, manifest.token_budget, manifest.max_length)
+    lengths, max_length = setup.batch_costs()
+    batches = plan_batches(lengths, manifest.token_budget, max_length)
     units = cut_into_units(batches, setup.index.ids, len(devices))
     clock = Clock(len(devices), kill_after=1 if kill else None)
     manager = BatchQueueManager(
