@@ -219,3 +219,37 @@ def test_checkpoints_go_after_a_verified_merge_and_a_damaged_output_is_said(
     _flip_bytes(removed)
     with pytest.raises(OutputError, match="checkpoints were removed after the merge"):
         resume(tmp_path / "removed", device="cpu", workers=0)
+
+
+def test_float16_storage_is_the_float32_run_cast_and_reads_as_stored(proteins, tmp_path):
+    from virnucpro.ckpt import verify_output
+    from virnucpro.infer.job.errors import ConfigError
+
+    options = dict(layers=[2, 6], pooling=["mean", "max", "bos", "per-token"], token_budget=200)
+    wide = embed(proteins, tmp_path / "f32", **options, **TINY)
+    half = embed(
+        proteins, tmp_path / "f16", store_dtype="float16", keep_checkpoints=True, **options, **TINY
+    )
+    assert verify_output(tmp_path / "f16") is None
+    with open_embeddings(wide) as a, open_embeddings(half) as b:
+        assert (a.store_dtype, b.store_dtype) == (np.float32, np.float16)
+        assert b.config["store_dtype"] == "float16"
+        for layer in (2, 6):
+            for pooling in ("mean", "max", "bos"):
+                stored = b.dataset(layer, pooling)[()]
+                assert stored.dtype == np.float16
+                assert np.array_equal(stored, a.dataset(layer, pooling)[()].astype(np.float16))
+            for name in a.ids:
+                rows = b.get(name, layer, "per_token")
+                assert rows.dtype == np.float16
+                assert np.array_equal(rows, a.get(name, layer, "per_token").astype(np.float16))
+        assert b.mean(dtype=np.float32).dtype == np.float32
+        assert np.array_equal(b.mean(dtype=np.float32), b.mean().astype(np.float32))
+    import h5py
+
+    for path in (tmp_path / "f16" / "checkpoints").glob("rank_*/*.h5"):
+        with h5py.File(path, "r") as f:
+            assert f["layer_6/mean"].dtype == np.float16
+            assert f["layer_6/per_token_offsets"].dtype == np.int64
+    with pytest.raises(ConfigError, match="bfloat16 cannot be stored readably"):
+        embed(proteins, tmp_path / "bf16", store_dtype="bfloat16", **TINY)

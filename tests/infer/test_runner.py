@@ -221,3 +221,26 @@ def test_streams_read_results_only_after_the_compute_stream_finished():
     assert row == 40
     stats = runner.get_statistics()
     assert stats["total_sequences"] == 40 and stats["peak_memory_bytes"] > 0
+
+
+def test_float16_rows_are_the_float32_rows_cast_on_the_device():
+    records = support.make_records(9, seed=4, max_len=40)
+    poolings = ("mean", "max", "bos", "per_token")
+    wide = AsyncInferenceRunner(FORWARD, "cpu", [0, LAYER], poolings=poolings)
+    half = AsyncInferenceRunner(
+        FORWARD, "cpu", [0, LAYER], poolings=poolings, store_dtype="float16"
+    )
+    sizes = [4, 5]
+    for a, b in zip(
+        wide.run(support.batches_of(records, sizes)),
+        half.run(support.batches_of(records, sizes)),
+        strict=True,
+    ):
+        assert a.outputs.keys() == b.outputs.keys()
+        for name, value in a.outputs.items():
+            if name.endswith("_offsets"):
+                assert b.outputs[name].dtype == np.int64
+                assert np.array_equal(b.outputs[name], value)
+            else:
+                assert value.dtype == np.float32 and b.outputs[name].dtype == np.float16
+                assert np.array_equal(b.outputs[name], value.astype(np.float16))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from virnucpro.ckpt.layout import PER_TOKEN
 
 OFFSETS_SUFFIX = f"/{PER_TOKEN}_offsets"
 VALUES_SUFFIX = f"/{PER_TOKEN}"
+STORE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def is_offsets(name: str) -> bool:
@@ -27,6 +29,7 @@ class CheckpointBatch:
 
     Pooled outputs are ``layer_{L}/{pooling}`` (n x D); per-token outputs are
     ``layer_{L}/per_token`` (sum(lengths) x D) with ``layer_{L}/per_token_offsets`` (n+1).
+    Embeddings keep their dtype when float16 or float32 (the run's ``store_dtype``).
     """
 
     indices: np.ndarray
@@ -41,7 +44,7 @@ class CheckpointBatch:
         self.lengths = np.asarray(self.lengths, dtype=np.int64)
         self.truncated = np.asarray(self.truncated, dtype=bool)
         self.outputs = {
-            name: np.ascontiguousarray(value, dtype=np.int64 if is_offsets(name) else np.float32)
+            name: np.ascontiguousarray(value, dtype=stored_dtype(name, value))
             for name, value in self.outputs.items()
         }
         self.check()
@@ -122,6 +125,20 @@ class CheckpointBatch:
             truncated=np.concatenate([p.truncated for p in parts]),
             outputs=outputs,
         )
+
+
+def run_store_dtype(config: Mapping[str, Any]) -> np.dtype:
+    """The embeddings' dtype a manifest or header records (runs before it: float32)."""
+    return np.dtype(config.get("store_dtype") or "float32")
+
+
+def stored_dtype(name: str, value: np.ndarray) -> np.dtype:
+    """Offsets are int64; embeddings keep float16 or float32 (the run's store dtype),
+    anything else becomes float32."""
+    if is_offsets(name):
+        return np.dtype(np.int64)
+    dtype = np.asarray(value).dtype
+    return dtype if dtype in STORE_DTYPES else np.dtype(np.float32)
 
 
 def offsets_from_lengths(lengths: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import CheckpointBatch, check_offsets, is_offsets
+from virnucpro.ckpt.batch import CheckpointBatch, check_offsets, is_offsets, run_store_dtype
 from virnucpro.ckpt.errors import InvalidCheckpointError, one_line
 from virnucpro.ckpt.layout import CHECKPOINT_NAME, RANK_DIR_NAME, output_names, temp_path
 from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, write_hdf5_atomically
@@ -241,6 +241,8 @@ def _check_rows(
         raise InvalidCheckpointError(f"{path}: index {int(indices[-1])} beyond {total} inputs")
     lengths = f["lengths"][()]
     width = attrs["embed_dim"]
+    # The run's dtype decides (a header of another dtype belongs to another run).
+    dtype = run_store_dtype(attrs if manifest is None else manifest)
     for name in expected:
         ds = f[name]
         if is_offsets(name):
@@ -250,7 +252,7 @@ def _check_rows(
                 raise InvalidCheckpointError(f"{path}: {exc}") from None
             continue
         rows = int(lengths.sum()) if name.endswith("/per_token") else n
-        if ds.dtype != np.float32 or ds.shape != (rows, width):
+        if ds.dtype != dtype or ds.shape != (rows, width):
             raise InvalidCheckpointError(
-                f"{path}: {name} is {ds.dtype} {ds.shape}, expected float32 ({rows}, {width})"
+                f"{path}: {name} is {ds.dtype} {ds.shape}, expected {dtype} ({rows}, {width})"
             )

@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import offsets_from_lengths
+from virnucpro.ckpt.batch import offsets_from_lengths, run_store_dtype
 from virnucpro.ckpt.checkpoint_file import validate_checkpoint_hdf5
 from virnucpro.ckpt.errors import InvalidCheckpointError, MergeError
 from virnucpro.ckpt.layout import (
@@ -81,9 +81,10 @@ def merged_size(
     """About how many bytes the merged file takes: the float outputs, the row datasets,
     the ids (their bytes in the checkpoints) and HDF5's own overhead."""
     width = int(manifest["embed_dim"])
+    itemsize = run_store_dtype(manifest).itemsize
     rows, tokens = lengths.shape[0], int(lengths.sum())
     values = sum(
-        (tokens if n.endswith("/per_token") else rows) * width * 4
+        (tokens if n.endswith("/per_token") else rows) * width * itemsize
         for n in names
         if not n.endswith("_offsets")
     )
@@ -171,6 +172,7 @@ def _fill_merged(
 ) -> None:
     total = lengths.shape[0]
     width = int(manifest["embed_dim"])
+    dtype = run_store_dtype(manifest)
     offsets = offsets_from_lengths(lengths)
     pooled = [n for n in names if not n.endswith("/per_token") and not n.endswith("_offsets")]
     per_token = [n for n in names if n.endswith("/per_token")]
@@ -178,16 +180,17 @@ def _fill_merged(
     digests.start("ids", ids.dtype, ids.shape)
     whole = {"lengths": lengths, "truncated": truncated}
     whole.update({name + "_offsets": offsets for name in per_token})
-    targets = {n: out.create_dataset(n, shape=(total, width), dtype=np.float32) for n in pooled}
+    targets = {n: out.create_dataset(n, shape=(total, width), dtype=dtype) for n in pooled}
     for name in per_token:
-        targets[name] = out.create_dataset(name, shape=(int(offsets[-1]), width), dtype=np.float32)
+        targets[name] = out.create_dataset(name, shape=(int(offsets[-1]), width), dtype=dtype)
     for name, data in whole.items():
         digests.start(name, data.dtype, data.shape)
         digests.update(name, data)
         out.create_dataset(name, data=data)
     for name, ds in targets.items():
         digests.start(name, ds.dtype, ds.shape)
-    for start, stop in _chunks(offsets, width, len(pooled), bool(per_token), max(1, budget // 2)):
+    row_bytes = width * dtype.itemsize
+    for start, stop in _chunks(offsets, row_bytes, len(pooled), bool(per_token), budget // 2):
         _copy_chunk(start, stop, sources, offsets, targets, ids, per_token, cache, digests)
     main = default_output(manifest["layers"], manifest["pooling"])
     if main is not None:
@@ -199,12 +202,12 @@ def _fill_merged(
 
 
 def _chunks(
-    offsets: np.ndarray, width: int, num_pooled: int, has_per_token: bool, budget: int
+    offsets: np.ndarray, row_bytes: int, num_pooled: int, has_per_token: bool, budget: int
 ) -> list[tuple[int, int]]:
     """Row ranges whose buffers fit the budget (at least one row each)."""
     total = offsets.shape[0] - 1
-    row_cap = max(1, budget // max(1, 4 * width * max(1, num_pooled)))
-    token_cap = max(1, budget // (4 * width))
+    row_cap = max(1, budget // max(1, row_bytes * max(1, num_pooled)))
+    token_cap = max(1, budget // max(1, row_bytes))
     ranges = []
     start = 0
     while start < total:
@@ -231,7 +234,7 @@ def _copy_chunk(
     buffers = {
         name: np.empty(
             (offsets[stop] - offsets[start] if name in per_token else stop - start, ds.shape[1]),
-            dtype=np.float32,
+            dtype=ds.dtype,
         )
         for name, ds in targets.items()
     }

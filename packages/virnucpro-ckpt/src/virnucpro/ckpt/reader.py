@@ -16,7 +16,9 @@ from typing import Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
+from virnucpro.ckpt.batch import run_store_dtype
 from virnucpro.ckpt.errors import EmbeddingsFileError, EmbeddingsKeyError
 from virnucpro.ckpt.layout import (
     DEFAULT_POOLING,
@@ -115,18 +117,34 @@ class Embeddings:
         """Whether each sequence was longer than the run's max length and cut."""
         return self._per_row("truncated")
 
-    def get(self, id: str, layer: int | None = None, pooling: str = DEFAULT_POOLING) -> np.ndarray:
-        """One sequence's output: a (D,) vector, or (L, D) for ``per_token``."""
+    @property
+    def store_dtype(self) -> np.dtype:
+        """The dtype embeddings are stored in (``float32``, or ``float16`` if asked)."""
+        return run_store_dtype(self.config)
+
+    def get(
+        self,
+        id: str,
+        layer: int | None = None,
+        pooling: str = DEFAULT_POOLING,
+        dtype: npt.DTypeLike = None,
+    ) -> np.ndarray:
+        """One sequence's output: a (D,) vector, or (L, D) for ``per_token``; as stored,
+        or converted to ``dtype`` (e.g. ``np.float32`` from a float16 run)."""
         layer, kind = self._output(layer, pooling)
         row = self._row(id)
         if kind == PER_TOKEN:
             start, stop = self._file[offsets_name(layer)][row : row + 2]
-            return self._file[pooled_name(layer, kind)][start:stop]
-        return self._file[pooled_name(layer, kind)][row]
+            values = self._file[pooled_name(layer, kind)][start:stop]
+        else:
+            values = self._file[pooled_name(layer, kind)][row]
+        return values if dtype is None else values.astype(dtype, copy=False)
 
-    def mean(self, layer: int | None = None) -> np.ndarray:
-        """The N x D mean-pooled matrix of a layer (default: the last), read whole."""
-        return self.dataset(layer, DEFAULT_POOLING)[()]
+    def mean(self, layer: int | None = None, dtype: npt.DTypeLike = None) -> np.ndarray:
+        """The N x D mean-pooled matrix of a layer (default: the last), read whole; as
+        stored or converted to ``dtype``."""
+        values = self.dataset(layer, DEFAULT_POOLING)[()]
+        return values if dtype is None else values.astype(dtype, copy=False)
 
     def dataset(self, layer: int | None = None, pooling: str = DEFAULT_POOLING) -> h5py.Dataset:
         """The N x D pooled dataset itself, to slice rows without reading it all."""

@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import is_offsets, is_per_token
+from virnucpro.ckpt.batch import is_offsets, is_per_token, run_store_dtype
 from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS
 from virnucpro.ckpt.errors import one_line
 from virnucpro.ckpt.layout import MANIFEST_NAME, MERGED_NAME, default_output, output_names
@@ -162,9 +162,12 @@ def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str 
             shapes[name] = (tokens, width)
         elif name not in ROW_NAMES:
             shapes[name] = (total, width)
+    dtype = run_store_dtype(attrs)
     for name, shape in shapes.items():
         if f[name].shape != shape:
             return f"{path}: {name} has shape {f[name].shape}, expected {shape}"
+        if name not in ROW_NAMES and not is_offsets(name) and f[name].dtype != dtype:
+            return f"{path}: {name} is {f[name].dtype}, the run stores {dtype}"
     main = default_output(attrs["layers"], attrs["pooling"])
     if main is not None and (MAIN_ALIAS not in f or f[MAIN_ALIAS] != f[main]):
         return f"{path}: {MAIN_ALIAS} is not the same dataset as {main}"

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from virnucpro.ckpt.batch import CheckpointBatch
+from virnucpro.ckpt.batch import CheckpointBatch, run_store_dtype
 from virnucpro.ckpt.checkpoint_file import RUN_KEYS, write_checkpoint_file
 from virnucpro.ckpt.errors import CheckpointWriteError, DiskFullError, one_line
 from virnucpro.ckpt.layout import checkpoint_path, new_session_id, rank_dir
@@ -67,6 +67,7 @@ class AsyncCheckpointWriter:
         self.session = session or new_session_id()
         self.stats = WriterStats()
         self._run_attrs = {key: manifest.get(key) for key in RUN_KEYS}
+        self._run_attrs["store_dtype"] = run_store_dtype(manifest).name
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_pending)
         self._sequence = 0
         self._pending = 0

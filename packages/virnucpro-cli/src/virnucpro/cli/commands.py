@@ -322,6 +322,15 @@ def run(
             rich_help_panel=CHECKPOINTS,
         ),
     ] = RunConfig.checkpoint_interval,
+    store_dtype: Annotated[
+        str,
+        typer.Option(
+            "--store-dtype",
+            metavar="[float32|float16]",
+            help="dtype of every stored embedding; float16 halves the disk and memory.",
+            rich_help_panel=MODEL,
+        ),
+    ] = RunConfig.store_dtype,
     keep_checkpoints: Annotated[
         bool,
         typer.Option(
@@ -357,6 +366,7 @@ def run(
         window_overlap=window_overlap,
         checkpoint_every=checkpoint_every,
         checkpoint_interval=_positive_seconds(checkpoint_interval),
+        store_dtype=store_dtype,
         output_format=output_format,
         keep_checkpoints=keep_checkpoints,
     )

@@ -48,6 +48,7 @@ def embed(
     checkpoint_every: int = RunConfig.checkpoint_every,
     checkpoint_interval: float = RunConfig.checkpoint_interval,
     checkpoint_bytes: int = RunConfig.checkpoint_bytes,
+    store_dtype: str = RunConfig.store_dtype,
     output_format: str = RunConfig.output_format,
     keep_checkpoints: bool = RunConfig.keep_checkpoints,
     device: str = Placement.device,
@@ -87,6 +88,7 @@ def embed(
         checkpoint_every=checkpoint_every,
         checkpoint_interval=checkpoint_interval,
         checkpoint_bytes=checkpoint_bytes,
+        store_dtype=store_dtype,
         output_format=output_format,
         keep_checkpoints=keep_checkpoints,
     )

@@ -90,12 +90,13 @@ def embed_rank(
 ) -> RankOutcome:
     """Embed ``batches`` (input indices, e.g. this rank's share of the plan) on ``device``.
 
-    ``manifest``: the run's manifest (``layers``, ``pooling``, ``max_length``, ``long`` and the keys
-    every checkpoint header carries). ``forward``: the backend's packed forward of a model
-    already on ``device`` in the run's precision. ``num_workers`` DataLoader processes
-    build the batches (0: in this process). Returns ``"finished"`` once every batch is
-    checkpointed, ``"stopped"`` after a stop request; a failure raises, and whatever
-    checkpoints were already queued are still written.
+    ``manifest``: the run's manifest (``layers``, ``pooling``, ``max_length``, ``long``,
+    ``store_dtype`` and the keys every checkpoint header carries). ``forward``: the
+    backend's packed forward of a model already on ``device`` in the run's precision.
+    ``num_workers`` DataLoader processes build the batches (0: in this process).
+    Returns ``"finished"`` once every batch is checkpointed, ``"stopped"`` after a stop
+    request; a failure raises, and whatever checkpoints were already queued are still
+    written.
     """
     device = torch.device(device)
     stop = should_stop or _never
@@ -104,7 +105,13 @@ def embed_rank(
     if not batches:
         return outcome
     layers = [int(layer) for layer in manifest["layers"]]
-    runner = AsyncInferenceRunner(forward, device, layers, tuple(manifest["pooling"]))
+    runner = AsyncInferenceRunner(
+        forward,
+        device,
+        layers,
+        tuple(manifest["pooling"]),
+        store_dtype=manifest.get("store_dtype", "float32"),
+    )
     whole = manifest.get("long", "truncate") != "truncate"
     dataset = PackedBatchDataset(index, batches, 0 if whole else int(manifest["max_length"]))
     trigger = CheckpointTrigger(policy.every, policy.interval_s)

@@ -21,12 +21,14 @@ from virnucpro.infer.batch_split import PackedBatch, split_packed_batch
 from virnucpro.infer.pooling import check_poolings, pool_hidden_states
 from virnucpro.infer.registry import PackedForward
 
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
 
 @dataclass
 class InferenceResult:
     """The outputs of one loader batch, rows in the batch's sequence order.
 
-    `outputs` maps `layer_{L}/{pooling}` to float32 arrays (N x D), and for
+    `outputs` maps `layer_{L}/{pooling}` to arrays of the stored dtype (N x D), and for
     per-token pooling `layer_{L}/per_token` (sum of lengths x D) with
     `layer_{L}/per_token_offsets` (N+1, relative to this batch).
     """
@@ -84,7 +86,9 @@ class AsyncInferenceRunner:
     memory is split in halves and retried recursively (never dropped); a single
     sequence that still does not fit raises `SequenceOutOfMemoryError` naming it.
     Precision is the model's own (``load_model(..., dtype=...)``): no autocast, so no
-    per-layer casts of weights or LayerNorm outputs on the hot path.
+    per-layer casts of weights or LayerNorm outputs on the hot path. Pooled outputs are
+    cast to ``store_dtype`` on the device, so a float16 run copies half the bytes to
+    the host (mean pooling still sums in float64; its float32 result is then cast).
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class AsyncInferenceRunner:
         repr_layers: Sequence[int],
         poolings: Sequence[str] = ("mean",),
         enable_streams: bool = True,
+        store_dtype: str = "float32",
     ) -> None:
         if not repr_layers:
             raise ValueError("no representation layers requested: give at least one layer")
@@ -101,6 +106,7 @@ class AsyncInferenceRunner:
         self.device = torch.device(device)
         self.repr_layers = tuple(repr_layers)
         self.poolings = check_poolings(poolings)
+        self.store_dtype = STORE_DTYPES[store_dtype]
         use_streams = enable_streams and self.device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(self.device) if use_streams else None
         self._compute_stream = torch.cuda.Stream(self.device) if use_streams else None
@@ -211,7 +217,11 @@ class AsyncInferenceRunner:
     ) -> dict[str, torch.Tensor]:
         try:
             hidden = self.forward(input_ids, cu_seqlens, int(batch["max_seqlen"]), self.repr_layers)
-            return pool_hidden_states(hidden, cu_seqlens, self.poolings)
+            pooled = pool_hidden_states(hidden, cu_seqlens, self.poolings)
+            return {
+                name: values if name.endswith("_offsets") else values.to(self.store_dtype)
+                for name, values in pooled.items()
+            }
         except torch.OutOfMemoryError:
             if int(batch["num_sequences"]) == 1:
                 raise SequenceOutOfMemoryError(

@@ -26,6 +26,8 @@ PRECISIONS = (AUTO, "fp32", "bf16", "fp16")
 DEVICES = (AUTO, "cpu", "cuda")
 DEFAULT_FORMAT = "hdf5"
 LONG_MODES = ("truncate", "full", "window")
+STORE_DTYPES = ("float32", "float16")
+COMPRESSIONS = ("none", "lzf", "gzip")
 ALL_LAYERS = "all"
 
 
@@ -73,6 +75,10 @@ class RunConfig:
     checkpoint_bytes: int = 2**30
     """... or once the rows waiting for a checkpoint hold this many bytes (bounded host
     memory whatever the pooling), whichever comes first."""
+    store_dtype: str = "float32"
+    """The dtype of every stored embedding (on the device, in checkpoints and output):
+    ``float16`` halves the disk and host memory. No ``bfloat16``: numpy and h5py have
+    no such type, so readers would see opaque 2-byte values."""
     output_format: str = DEFAULT_FORMAT
     """The registered output writer that turns the checkpoints into the result."""
     keep_checkpoints: bool = False
@@ -110,6 +116,12 @@ class RunConfig:
         _check(self.checkpoint_every >= 1, "checkpoint_every", "at least 1")
         _check(self.checkpoint_interval > 0, "checkpoint_interval", "more than 0 seconds")
         _check(self.checkpoint_bytes >= 1, "checkpoint_bytes", "at least 1 byte")
+        if self.store_dtype == "bfloat16":
+            raise ConfigError(
+                "store_dtype: bfloat16 cannot be stored readably (numpy and h5py have no "
+                "bfloat16); use float16 (half the size of float32) or float32"
+            )
+        _check(self.store_dtype in STORE_DTYPES, "store_dtype", f"one of {STORE_DTYPES}")
         if isinstance(self.layers, tuple):
             _check(bool(self.layers), "layers", "at least one layer, or None for the last")
             _check(len(set(self.layers)) == len(self.layers), "layers", "no layer twice")
@@ -138,6 +150,7 @@ class RunConfig:
                 checkpoint_every=int(manifest["checkpoint_every"]),
                 checkpoint_interval=float(manifest["checkpoint_interval"]),
                 checkpoint_bytes=int(manifest["checkpoint_bytes"]),
+                store_dtype=manifest.get("store_dtype", "float32"),
                 output_format=manifest.get("output_format", DEFAULT_FORMAT),
                 keep_checkpoints=bool(manifest.get("keep_checkpoints", False)),
             )

@@ -68,6 +68,7 @@ class RunManifest:
     checkpoint_every: int
     checkpoint_interval: float
     checkpoint_bytes: int
+    store_dtype: str
     output_format: str
     keep_checkpoints: bool
     quality: dict[str, Any]
@@ -118,6 +119,7 @@ def _legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
         "strict": False,
         "quality": {},
         "keep_checkpoints": True,
+        "store_dtype": "float32",
     }
 
 
