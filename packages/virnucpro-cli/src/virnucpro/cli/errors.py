@@ -31,6 +31,7 @@ class ExitCode(IntEnum):
     WORKER_FAILED = 13
     OUTPUT_FAILED = 14
     OUT_OF_DEVICE_MEMORY = 15
+    NOT_WRITABLE = 16
     INTERRUPTED = 130
     TERMINATED = 143
 
@@ -50,6 +51,7 @@ EXIT_CODES: dict[type[job.JobError], ExitCode] = {
     job.WorkerFailedError: ExitCode.WORKER_FAILED,
     job.OutputError: ExitCode.OUTPUT_FAILED,
     job.DeviceMemoryError: ExitCode.OUT_OF_DEVICE_MEMORY,
+    job.RunDirNotWritableError: ExitCode.NOT_WRITABLE,
 }
 
 

@@ -42,6 +42,10 @@ class RunDirInUseError(JobError):
     """Another process holds the run directory's lock."""
 
 
+class RunDirNotWritableError(JobError):
+    """The run directory cannot be created or written (read-only, no permission)."""
+
+
 class RunDirMismatchError(JobError):
     """The run directory holds another run, or its weights or manifest changed."""
 

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from virnucpro.ckpt import CheckpointError, read_manifest, resume_from_checkpoints, write_manifest
+from virnucpro.ckpt import (
+    CheckpointError,
+    ManifestMismatchError,
+    read_manifest,
+    resume_from_checkpoints,
+    write_manifest,
+)
 from virnucpro.data import SequenceIndex, build_index
 from virnucpro.infer.catalog import check_fits
 from virnucpro.infer.job.config import RunConfig, resolve_layers
@@ -161,6 +167,8 @@ def set_up_resume(
 def read_run_manifest(run_dir: Path) -> RunManifest:
     try:
         return RunManifest.from_dict(read_manifest(run_dir))
+    except ManifestMismatchError as exc:
+        raise RunDirMismatchError(str(exc)) from None
     except CheckpointError as exc:
         raise MissingInputError(str(exc)) from None
 

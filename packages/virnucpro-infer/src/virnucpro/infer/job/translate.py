@@ -27,12 +27,15 @@ from virnucpro.infer.job.errors import (
     OutputError,
     RunDirInUseError,
     RunDirMismatchError,
+    RunDirNotWritableError,
     WeightsUnavailableError,
     WorkerFailedError,
 )
 from virnucpro.infer.models import ModelLoadError
 from virnucpro.infer.queue_manager import QueueRunError
 from virnucpro.infer.runner import SequenceOutOfMemoryError
+
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _no_space(exc: BaseException) -> bool:
@@ -69,6 +72,11 @@ def as_job_error(exc: BaseException) -> JobError | None:
         return WorkerFailedError(f"{message}; finished work is checkpointed, resume the run")
     if isinstance(exc, CheckpointError):
         return OutputError(message)
+    if isinstance(exc, OSError) and exc.errno in NOT_WRITABLE:
+        return RunDirNotWritableError(
+            f"cannot write {exc.filename or 'the run directory'}: {exc.strerror}; "
+            "choose a writable output directory (-o)"
+        )
     if isinstance(exc, FileNotFoundError):
         return MissingInputError(f"file not found: {exc.filename or message}")
     return None
