@@ -128,7 +128,8 @@ WorkersOption = Annotated[
         "--workers",
         min=0,
         metavar="N",
-        help="Data loader processes (0: none); one device or torchrun ranks only.",
+        help="Data loader processes (0: pack in the main thread); one device or torchrun "
+        "ranks only.",
         rich_help_panel=PLACEMENT,
     ),
 ]
@@ -331,6 +332,15 @@ def run(
             rich_help_panel=MODEL,
         ),
     ] = RunConfig.store_dtype,
+    compression: Annotated[
+        str,
+        typer.Option(
+            "--compression",
+            metavar="[none|lzf|gzip]",
+            help="Compression of the embeddings in embeddings.h5 (the README gives sizes).",
+            rich_help_panel=MODEL,
+        ),
+    ] = RunConfig.compression,
     keep_checkpoints: Annotated[
         bool,
         typer.Option(
@@ -367,6 +377,7 @@ def run(
         checkpoint_every=checkpoint_every,
         checkpoint_interval=_positive_seconds(checkpoint_interval),
         store_dtype=store_dtype,
+        compression=compression,
         output_format=output_format,
         keep_checkpoints=keep_checkpoints,
     )
