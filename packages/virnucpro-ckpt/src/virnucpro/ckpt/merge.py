@@ -35,6 +35,10 @@ from virnucpro.ckpt.verify import CHECKSUMS_ATTR, DatasetDigests
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 MAX_OPEN_FILES = 64
+# At most HDF5's default chunk cache (1 MiB per dataset), so a reader keeps the chunk it
+# decompressed for the next protein, and reading one protein touches a few chunks.
+CHUNK_BYTES = 2**20
+COMPRESSIONS = ("none", "lzf", "gzip")
 
 
 @dataclass
@@ -180,9 +184,12 @@ def _fill_merged(
     digests.start("ids", ids.dtype, ids.shape)
     whole = {"lengths": lengths, "truncated": truncated}
     whole.update({name + "_offsets": offsets for name in per_token})
-    targets = {n: out.create_dataset(n, shape=(total, width), dtype=dtype) for n in pooled}
-    for name in per_token:
-        targets[name] = out.create_dataset(name, shape=(int(offsets[-1]), width), dtype=dtype)
+    compression = manifest.get("compression") or "none"
+    targets = {}
+    for name in [*pooled, *per_token]:
+        shape = (int(offsets[-1]) if name in per_token else total, width)
+        layout = storage(shape, dtype, compression, name in per_token)
+        targets[name] = out.create_dataset(name, shape=shape, dtype=dtype, **layout)
     for name, data in whole.items():
         digests.start(name, data.dtype, data.shape)
         digests.update(name, data)
@@ -199,6 +206,33 @@ def _fill_merged(
         out.attrs[key] = json.dumps(value)
     # Written last: a file carrying digests was written to the end.
     out.attrs[CHECKSUMS_ATTR] = json.dumps(digests.hexdigests())
+
+
+def storage(
+    shape: tuple[int, int], dtype: np.dtype, compression: str, per_token: bool
+) -> dict[str, Any]:
+    """How an embedding dataset is laid out (``create_dataset`` keywords).
+
+    Per-token datasets are chunked in blocks of whole rows of at most CHUNK_BYTES, so
+    one protein's rows read without touching the rest of the file. Pooled datasets stay
+    contiguous unless compressed (HDF5 compresses only chunked data): reading all N
+    rows at once, the common use, is then one sequential read with no chunk index.
+    """
+    if compression not in COMPRESSIONS:
+        raise MergeError(f"unknown compression {compression!r} (known: {', '.join(COMPRESSIONS)})")
+    total, width = shape
+    if (compression == "none" and not per_token) or total == 0:
+        return {}
+    rows = min(total, max(1, CHUNK_BYTES // max(1, width * dtype.itemsize)))
+    # No chunk cache while writing: every write reaches the disk at once, so a full
+    # disk fails that write (a cached chunk flushed when h5py frees the dataset would
+    # meet ENOSPC where HDF5 ignores it and crashes, as the sieve buffer would).
+    uncached = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    uncached.set_chunk_cache(0, 0, 1.0)
+    layout: dict[str, Any] = {"chunks": (rows, width), "dapl": uncached}
+    if compression != "none":
+        layout["compression"] = compression
+    return layout
 
 
 def _chunks(

@@ -49,6 +49,7 @@ def embed(
     checkpoint_interval: float = RunConfig.checkpoint_interval,
     checkpoint_bytes: int = RunConfig.checkpoint_bytes,
     store_dtype: str = RunConfig.store_dtype,
+    compression: str = RunConfig.compression,
     output_format: str = RunConfig.output_format,
     keep_checkpoints: bool = RunConfig.keep_checkpoints,
     device: str = Placement.device,
@@ -89,6 +90,7 @@ def embed(
         checkpoint_interval=checkpoint_interval,
         checkpoint_bytes=checkpoint_bytes,
         store_dtype=store_dtype,
+        compression=compression,
         output_format=output_format,
         keep_checkpoints=keep_checkpoints,
     )

@@ -69,6 +69,7 @@ class RunManifest:
     checkpoint_interval: float
     checkpoint_bytes: int
     store_dtype: str
+    compression: str
     output_format: str
     keep_checkpoints: bool
     quality: dict[str, Any]
@@ -120,6 +121,7 @@ def _legacy_values(data: Mapping[str, Any]) -> dict[str, Any]:
         "quality": {},
         "keep_checkpoints": True,
         "store_dtype": "float32",
+        "compression": "none",
     }
 
 

@@ -147,6 +147,7 @@ def set_up_run(
         checkpoint_interval=config.checkpoint_interval,
         checkpoint_bytes=config.checkpoint_bytes,
         store_dtype=config.store_dtype,
+        compression=config.compression,
         output_format=config.output_format,
         keep_checkpoints=config.keep_checkpoints,
         quality=quality_counts(index, config.max_length, config.long),

@@ -1,0 +1,106 @@
+"""How the merged file stores embeddings: the run's dtype, chunked per-token rows, and
+the compression asked for, all checked by verify_output and read back exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import h5py
+import numpy as np
+import pytest
+
+from virnucpro.ckpt import (
+    AsyncCheckpointWriter,
+    InvalidCheckpointError,
+    merge_checkpoints,
+    open_embeddings,
+    validate_checkpoint_hdf5,
+    verify_output,
+    write_manifest,
+)
+from virnucpro.ckpt.merge import CHUNK_BYTES
+
+WIDTH = 16
+
+
+def _cast(batch, dtype):
+    outputs = {
+        name: value if name.endswith("_offsets") else value.astype(dtype)
+        for name, value in batch.outputs.items()
+    }
+    return dataclasses.replace(batch, outputs=outputs)
+
+
+def _run(run_dir, synthetic, num, dtype, compression, width=WIDTH):
+    manifest = {
+        **synthetic.manifest_for(num, width),
+        "store_dtype": np.dtype(dtype).name,
+        "compression": compression,
+    }
+    write_manifest(run_dir, manifest)
+    order = np.random.default_rng(1).permutation(num)
+    with AsyncCheckpointWriter(run_dir, manifest, 0, 1) as writer:
+        for part in np.array_split(order, 3):
+            writer.write_checkpoint_async(_cast(synthetic.synthetic_batch(part, width), dtype), "t")
+    merge_checkpoints(run_dir)
+    return _cast(synthetic.synthetic_batch(np.arange(num), width), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
+def test_merged_datasets_keep_dtype_and_compression_and_verify(
+    tmp_path, synthetic, dtype, compression
+):
+    run_dir = tmp_path / "run"
+    expected = _run(run_dir, synthetic, 40, dtype, compression)
+    assert verify_output(run_dir) is None
+    with h5py.File(run_dir / "embeddings.h5", "r") as f:
+        for layer in synthetic.LAYERS:
+            tokens = f[f"layer_{layer}/per_token"]
+            assert tokens.dtype == dtype
+            assert tokens.chunks[1] == WIDTH
+            assert tokens.chunks[0] * WIDTH * np.dtype(dtype).itemsize <= CHUNK_BYTES
+            assert tokens.compression == (None if compression == "none" else compression)
+            mean = f[f"layer_{layer}/mean"]
+            assert mean.dtype == dtype
+            assert mean.compression == (None if compression == "none" else compression)
+            assert (mean.chunks is None) == (compression == "none")
+            assert f[f"layer_{layer}/per_token_offsets"].dtype == np.int64
+            assert np.array_equal(tokens[()], expected.outputs[f"layer_{layer}/per_token"])
+            assert np.array_equal(mean[()], expected.outputs[f"layer_{layer}/mean"])
+    with open_embeddings(run_dir) as result:
+        assert result.store_dtype == dtype
+        assert result["prot_3_é"].dtype == dtype
+
+
+def test_wide_per_token_rows_are_cut_into_chunks_of_about_a_mebibyte(tmp_path, synthetic):
+    run_dir = tmp_path / "run"
+    width = 1280
+    _run(run_dir, synthetic, 300, np.float16, "none", width)
+    with h5py.File(run_dir / "embeddings.h5", "r") as f:
+        tokens = f["layer_4/per_token"]
+        assert tokens.chunks == (CHUNK_BYTES // (width * 2), width)
+        assert tokens.shape[0] > 4 * tokens.chunks[0]
+        assert f["layer_4/mean"].chunks is None
+
+
+def test_a_flipped_byte_of_a_compressed_float16_output_is_found(tmp_path, synthetic):
+    run_dir = tmp_path / "run"
+    _run(run_dir, synthetic, 40, np.float16, "gzip")
+    with h5py.File(run_dir / "embeddings.h5", "r+") as f:
+        f["layer_2/per_token"][5, 3] = np.float16(7.0)
+    assert "layer_2/per_token is damaged" in verify_output(run_dir)
+
+
+def test_a_checkpoint_of_another_dtype_is_not_this_runs(tmp_path, synthetic):
+    run_dir = tmp_path / "run"
+    manifest = synthetic.manifest_for(10, WIDTH)
+    write_manifest(run_dir, manifest)
+    with AsyncCheckpointWriter(run_dir, manifest, 0, 1) as writer:
+        path = writer.write_checkpoint_async(
+            _cast(synthetic.synthetic_batch(np.arange(10), WIDTH), np.float16), "t"
+        )
+    with pytest.raises(InvalidCheckpointError, match="expected float32"):
+        validate_checkpoint_hdf5(path, manifest)
+    info = validate_checkpoint_hdf5(path, {**manifest, "store_dtype": "float16"})
+    assert info.num_sequences == 10
