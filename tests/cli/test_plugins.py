@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import redirect_stderr, redirect_stdout
+from importlib import metadata
 from io import StringIO
 
 import esm
@@ -174,8 +175,9 @@ def test_plugins_command_lists_status(run_cli, demo_plugin):
         if (cells := [cell.strip() for cell in line.split("│")[1:-1]])
     }
     assert rows["demo"] == ["demo", "acme-embedders", "3.1.4", "third-party", "blocked"]
-    assert rows["commands"] == ["commands", "virnucpro-cli", "0.1.0", "built-in", "loaded"]
-    assert rows["esm2"] == ["esm2", "virnucpro-infer", "0.1.0", "built-in", "loaded"]
+    cli, infer = metadata.version("virnucpro-cli"), metadata.version("virnucpro-infer")
+    assert rows["commands"] == ["commands", "virnucpro-cli", cli, "built-in", "loaded"]
+    assert rows["esm2"] == ["esm2", "virnucpro-infer", infer, "built-in", "loaded"]
 
 
 def test_version_lists_cli_and_plugins(run_cli, demo_plugin):
@@ -183,7 +185,7 @@ def test_version_lists_cli_and_plugins(run_cli, demo_plugin):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "acme-embedders 3.1.4" in lines
-    assert "virnucpro-cli 0.1.0" in lines
+    assert f"virnucpro-cli {metadata.version('virnucpro-cli')}" in lines
     assert all(
         line.split()[0] in {"acme-embedders"} or line.startswith("virnucpro-") for line in lines
     )
