@@ -11,7 +11,9 @@ import pytest
 
 from virnucpro.ckpt import (
     AsyncCheckpointWriter,
+    EmbeddingsKeyError,
     InvalidCheckpointError,
+    MergeError,
     merge_checkpoints,
     open_embeddings,
     validate_checkpoint_hdf5,
@@ -104,3 +106,62 @@ def test_a_checkpoint_of_another_dtype_is_not_this_runs(tmp_path, synthetic):
         validate_checkpoint_hdf5(path, manifest)
     info = validate_checkpoint_hdf5(path, {**manifest, "store_dtype": "float16"})
     assert info.num_sequences == 10
+
+
+def _rows(num):
+    rng = np.random.default_rng(5)
+    return {
+        "input_length": rng.integers(1, 3000, num).astype(np.int64),
+        "read_id": np.array([f"read_{i // 6}_ü" for i in range(num)], dtype=object),
+        "frame": (np.arange(num) % 6).astype(np.int8),
+    }
+
+
+def test_per_row_datasets_are_written_with_digests_and_read_back(tmp_path, synthetic):
+    run_dir = tmp_path / "run"
+    manifest = synthetic.manifest_for(24, WIDTH)
+    write_manifest(run_dir, manifest)
+    with AsyncCheckpointWriter(run_dir, manifest, 0, 1) as writer:
+        writer.write_checkpoint_async(synthetic.synthetic_batch(np.arange(24), WIDTH), "t")
+    rows = _rows(24)
+    merge_checkpoints(run_dir, rows=rows)
+    assert verify_output(run_dir) is None
+    with open_embeddings(run_dir) as result:
+        assert result.row_datasets == (
+            "lengths",
+            "truncated",
+            "frame",
+            "input_length",
+            "read_id",
+        )
+        assert "row_datasets" not in result.config
+        assert list(result.row_data("read_id")) == list(rows["read_id"])
+        assert result.row_data("frame").dtype == np.int8
+        assert np.array_equal(result.row_data("input_length"), rows["input_length"])
+        assert np.array_equal(result.row_data("lengths"), result.lengths)
+        with pytest.raises(EmbeddingsKeyError, match="no per-row dataset 'chunk'"):
+            result.row_data("chunk")
+    with h5py.File(run_dir / "embeddings.h5", "r+") as f:
+        f["read_id"][7] = "read_1_u"
+    assert "read_id is damaged" in verify_output(run_dir)
+    with h5py.File(run_dir / "embeddings.h5", "r+") as f:
+        del f["frame"]
+    assert "datasets missing ['frame']" in verify_output(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ({"lengths": np.zeros(24)}, "'lengths' is taken"),
+        ({"layer_3": np.zeros(24)}, "'layer_3' is taken"),
+        ({"a/b": np.zeros(24)}, "not a plain name"),
+        ({"chunk": np.zeros(23)}, r"chunk has shape \(23,\), not \(24,\)"),
+    ],
+)
+def test_per_row_datasets_of_wrong_name_or_length_are_refused(tmp_path, synthetic, rows, message):
+    run_dir = tmp_path / "run"
+    manifest = synthetic.manifest_for(24, WIDTH)
+    write_manifest(run_dir, manifest)
+    with pytest.raises(MergeError, match=message):
+        merge_checkpoints(run_dir, rows=rows)
+    assert not (run_dir / "embeddings.h5").exists()

@@ -8,6 +8,7 @@ by input index, so the rows of an output chunk are one contiguous slice per file
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +32,13 @@ from virnucpro.ckpt.layout import (
 )
 from virnucpro.ckpt.manifest import read_manifest
 from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, write_hdf5_atomically
-from virnucpro.ckpt.verify import CHECKSUMS_ATTR, DatasetDigests
+from virnucpro.ckpt.verify import (
+    CHECKSUMS_ATTR,
+    MAIN_ALIAS,
+    ROW_NAMES,
+    ROWS_ATTR,
+    DatasetDigests,
+)
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 MAX_OPEN_FILES = 64
@@ -39,6 +46,8 @@ MAX_OPEN_FILES = 64
 # decompressed for the next protein, and reading one protein touches a few chunks.
 CHUNK_BYTES = 2**20
 COMPRESSIONS = ("none", "lzf", "gzip")
+ROW_DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_NAMES = frozenset({*ROW_NAMES, MAIN_ALIAS, "indices"})
 
 
 @dataclass
@@ -52,17 +61,21 @@ def merge_checkpoints(
     run_dir: Path,
     verify_checksum: bool = True,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    rows: Mapping[str, np.ndarray] | None = None,
 ) -> Path:
     """Write ``RUN_DIR/embeddings.h5`` atomically; raise MergeError on any defect.
 
     Every checkpoint must be valid (run resume first to move bad files aside), and
     every input index must be held by exactly one of them: a missing or duplicated
-    row is named in the error. Too little free space raises DiskFullError (checked
-    first, and again if the disk fills while writing); no temporary file is left.
+    row is named in the error. ``rows``: more per-row datasets (N values each, input
+    order; strings or numbers), written beside ``lengths`` with their digests. Too
+    little free space raises DiskFullError (checked first, and again if the disk
+    fills while writing); no temporary file is left.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     total = int(manifest["num_sequences"])
+    extra = _row_datasets(rows or {}, total)
     sources = _load_sources(run_dir, manifest, verify_checksum)
     lengths, truncated = _locate_rows(sources, total)
     names = output_names(manifest["layers"], manifest["pooling"])
@@ -74,9 +87,54 @@ def merge_checkpoints(
             _write_merged(
                 out, manifest, names, sources, lengths, truncated, cache, memory_budget_bytes
             )
+        _write_rows(out, extra)
 
-    write_hdf5_atomically(final, tmp, fill, merged_size(manifest, names, lengths, sources))
+    needed = merged_size(manifest, names, lengths, sources) + _rows_size(extra)
+    write_hdf5_atomically(final, tmp, fill, needed)
     return final
+
+
+def _row_datasets(rows: Mapping[str, np.ndarray], total: int) -> dict[str, np.ndarray]:
+    """The per-row arrays as they will be stored; a wrong name or length is refused."""
+    checked = {}
+    for name, values in sorted(rows.items()):
+        array = np.asarray(values)
+        taken = name in RESERVED_NAMES or name.startswith("layer_")
+        if taken or not ROW_DATASET_NAME.match(name):
+            raise MergeError(f"per-row dataset name {name!r} is taken or not a plain name")
+        if array.shape != (total,):
+            raise MergeError(f"per-row dataset {name} has shape {array.shape}, not ({total},)")
+        if array.dtype.kind in "OUS":
+            array = np.array([str(v) for v in array.tolist()], dtype=object)
+        checked[name] = array
+    return checked
+
+
+def _rows_size(rows: Mapping[str, np.ndarray]) -> int:
+    return sum(
+        sum(len(v) + 16 for v in a.tolist()) if a.dtype.kind == "O" else a.nbytes
+        for a in rows.values()
+    )
+
+
+def _write_rows(out: h5py.File, rows: Mapping[str, np.ndarray]) -> None:
+    """Write the per-row datasets, their digests added to the recorded ones."""
+    digests = DatasetDigests()
+    for name, values in rows.items():
+        if values.dtype.kind == "O":
+            ds = out.create_dataset(name, data=values, dtype=h5py.string_dtype("utf-8"))
+            digests.start(name, ds.dtype, ds.shape)
+            digests.update_strings(name, values.tolist())
+        else:
+            ds = out.create_dataset(name, data=values)
+            digests.start(name, ds.dtype, ds.shape)
+            digests.update(name, values)
+    recorded = json.loads(out.attrs[CHECKSUMS_ATTR])
+    out.attrs[ROWS_ATTR] = json.dumps(sorted(rows))
+    # Written last, as the merge's own digests: a file carrying them was written whole.
+    out.attrs[CHECKSUMS_ATTR] = json.dumps(
+        dict(sorted({**recorded, **digests.hexdigests()}.items()))
+    )
 
 
 def merged_size(

@@ -27,12 +27,12 @@ from virnucpro.ckpt.layout import (
     offsets_name,
     pooled_name,
 )
-from virnucpro.ckpt.verify import CHECKSUMS_ATTR
+from virnucpro.ckpt.verify import CHECKSUMS_ATTR, ROWS_ATTR
 
 LAYER_GROUP = re.compile(r"^layer_(?P<layer>\d+)$")
 SHOWN_IDS = 3
 # Attributes about the file itself, not the run's configuration.
-FILE_ATTRS = frozenset({CHECKSUMS_ATTR})
+FILE_ATTRS = frozenset({CHECKSUMS_ATTR, ROWS_ATTR})
 
 
 def open_embeddings(path: str | Path) -> Embeddings:
@@ -94,6 +94,12 @@ class Embeddings:
         self.config: dict[str, Any] = {
             k: _decode(v) for k, v in handle.attrs.items() if k not in FILE_ATTRS
         }
+        self.row_datasets: tuple[str, ...] = tuple(
+            ["lengths", "truncated", *_decode(handle.attrs.get(ROWS_ATTR, "[]"))]
+        )
+        """Per-row datasets (N values each, input order) :meth:`row_data` reads:
+        ``lengths``, ``truncated`` and, from runs that record them, ``input_length``,
+        ``nonstandard`` and, in DNA reads mode, ``read_id``, ``chunk``, ``frame``."""
         self._size = int(handle["ids"].shape[0])
         self._ids: tuple[str, ...] | None = None
         self._rows: dict[str, int] | None = None
@@ -121,6 +127,14 @@ class Embeddings:
     def store_dtype(self) -> np.dtype:
         """The dtype embeddings are stored in (``float32``, or ``float16`` if asked)."""
         return run_store_dtype(self.config)
+
+    def row_data(self, name: str) -> np.ndarray:
+        """One per-row dataset, read whole (strings decoded), e.g. ``row_data("read_id")``
+        to group a read's frames and chunks: ``frame`` is 0-5 for F1, F2, F3, R1, R2, R3."""
+        if name not in self.row_datasets:
+            held = ", ".join(self.row_datasets)
+            raise EmbeddingsKeyError(f"no per-row dataset {name!r} in {self.path}; it holds {held}")
+        return self._per_row(name)
 
     def get(
         self,
@@ -236,7 +250,10 @@ class Embeddings:
         if name not in self._row_data:
             if name not in self._file:
                 raise EmbeddingsFileError(f"{self.path} holds no {name}")
-            self._row_data[name] = self._file[name][()]
+            ds = self._file[name]
+            self._row_data[name] = (
+                np.array(ds.asstr()[()], dtype=object) if ds.dtype.kind == "O" else ds[()]
+            )
         return self._row_data[name]
 
 

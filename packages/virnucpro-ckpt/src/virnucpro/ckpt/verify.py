@@ -32,6 +32,7 @@ from virnucpro.ckpt.errors import one_line
 from virnucpro.ckpt.layout import MANIFEST_NAME, MERGED_NAME, default_output, output_names
 
 CHECKSUMS_ATTR = "dataset_sha256"
+ROWS_ATTR = "row_datasets"
 MAIN_ALIAS = "embeddings"
 ROW_NAMES = ("ids", "lengths", "truncated")
 SLICE_BYTES = 64 * 2**20
@@ -62,9 +63,13 @@ class DatasetDigests:
         self._feed(self._digests[name], np.ascontiguousarray(values).view(np.uint8))
 
     def update_ids(self, ids: Sequence[str]) -> None:
-        encoded = [str(i).encode("utf-8") for i in ids]
+        self.update_strings("ids", ids)
+
+    def update_strings(self, name: str, values: Sequence[str]) -> None:
+        """Strings are hashed one by one (8-byte length, UTF-8 bytes)."""
+        encoded = [str(i).encode("utf-8") for i in values]
         blob = b"".join(len(e).to_bytes(8, "little") + e for e in encoded)
-        self._feed(self._digests["ids"], blob)
+        self._feed(self._digests[name], blob)
 
     def hexdigests(self) -> dict[str, str]:
         self.close()
@@ -146,13 +151,14 @@ def _check(
 
 def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str | None:
     total, width = int(attrs["num_sequences"]), int(attrs["embed_dim"])
-    expected = sorted([*ROW_NAMES, *output_names(attrs["layers"], attrs["pooling"])])
+    row_names = [*ROW_NAMES, *attrs.get(ROWS_ATTR, [])]
+    expected = sorted([*row_names, *output_names(attrs["layers"], attrs["pooling"])])
     present = sorted(n for n in _dataset_links(f) if n != MAIN_ALIAS)
     if present != expected:
         missing = sorted(set(expected) - set(present))
         extra = sorted(set(present) - set(expected))
         return f"{path}: datasets missing {missing or 'none'}, unexpected {extra or 'none'}"
-    shapes: dict[str, tuple[int, ...]] = {name: (total,) for name in ROW_NAMES}
+    shapes: dict[str, tuple[int, ...]] = {name: (total,) for name in row_names}
     for name in expected:
         if is_offsets(name):
             shapes[name] = (total + 1,)
@@ -160,13 +166,13 @@ def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str 
             offsets = f[name + "_offsets"]
             tokens = int(offsets[-1]) if offsets.shape == (total + 1,) else -1
             shapes[name] = (tokens, width)
-        elif name not in ROW_NAMES:
+        elif name not in row_names:
             shapes[name] = (total, width)
     dtype = run_store_dtype(attrs)
     for name, shape in shapes.items():
         if f[name].shape != shape:
             return f"{path}: {name} has shape {f[name].shape}, expected {shape}"
-        if name not in ROW_NAMES and not is_offsets(name) and f[name].dtype != dtype:
+        if name not in row_names and not is_offsets(name) and f[name].dtype != dtype:
             return f"{path}: {name} is {f[name].dtype}, the run stores {dtype}"
     main = default_output(attrs["layers"], attrs["pooling"])
     if main is not None and (MAIN_ALIAS not in f or f[MAIN_ALIAS] != f[main]):
@@ -185,8 +191,8 @@ def _digest_of(ds: h5py.Dataset, name: str) -> str:
     digests = DatasetDigests()
     digests.start(name, ds.dtype, ds.shape)
     for piece in _slices(ds):
-        if name == "ids":
-            digests.update_ids(piece.tolist())
+        if ds.dtype.kind == "O":
+            digests.update_strings(name, piece.tolist())
         else:
             digests.update(name, piece)
     return digests.hexdigests()[name]

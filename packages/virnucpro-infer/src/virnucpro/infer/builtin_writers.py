@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from virnucpro.ckpt import merge_checkpoints, verify_output
 from virnucpro.infer.hookspecs import hookimpl
@@ -17,8 +20,8 @@ class Hdf5Writer:
     def output_path(self, run_dir: Path) -> Path:
         return Path(run_dir) / MERGED_NAME
 
-    def write(self, run_dir: Path) -> Path:
-        return merge_checkpoints(run_dir)
+    def write(self, run_dir: Path, rows: Mapping[str, np.ndarray]) -> Path:
+        return merge_checkpoints(run_dir, rows=rows)
 
     def check(self, run_dir: Path) -> str | None:
         """Every dataset read back against the sha256 the merge recorded while writing."""

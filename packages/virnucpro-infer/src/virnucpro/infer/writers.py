@@ -7,8 +7,14 @@ others through the ``virnucpro_register_writers`` hook. Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from virnucpro.data import SequenceIndex
 
 
 @runtime_checkable
@@ -22,14 +28,34 @@ class OutputWriter(Protocol):
         """Where :meth:`write` puts the result of the run in ``run_dir``."""
         ...
 
-    def write(self, run_dir: Path) -> Path:
-        """Write the output of the finished run in ``run_dir``; return its path."""
+    def write(self, run_dir: Path, rows: Mapping[str, np.ndarray]) -> Path:
+        """Write the output of the finished run in ``run_dir``; return its path.
+
+        ``rows``: per-row facts of the input, one array of N values each, in input order
+        (:func:`row_data`), for the writer to store beside the embeddings."""
         ...
 
     def check(self, run_dir: Path) -> str | None:
         """None if the written output is complete and intact, else one line saying what
         is wrong with it (the engine then writes it again from the checkpoints)."""
         ...
+
+
+def row_data(index: SequenceIndex) -> dict[str, np.ndarray]:
+    """What every output holds per row besides its embeddings: ``input_length``
+    (residues before any truncation), ``nonstandard`` (characters that were not standard
+    amino-acid letters) and, in DNA reads mode, where the row came from: ``read_id``
+    (the read's id), ``chunk`` (from 1) and ``frame`` (0-5: F1, F2, F3, R1, R2, R3)."""
+    rows = {
+        "input_length": np.asarray(index.lengths, dtype=np.int64),
+        "nonstandard": np.asarray(index.nonstandard, dtype=np.int64),
+    }
+    if index.input_type == "dna":
+        read_ids = np.array(index.read_ids, dtype=object)
+        rows["read_id"] = read_ids[np.asarray(index.read_index)]
+        rows["chunk"] = np.asarray(index.chunk, dtype=np.int32)
+        rows["frame"] = np.asarray(index.frame, dtype=np.int8)
+    return rows
 
 
 class WriterRegistry:

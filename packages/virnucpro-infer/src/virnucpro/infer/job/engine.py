@@ -48,6 +48,7 @@ from virnucpro.infer.job.setup import (
 )
 from virnucpro.infer.job.translate import job_errors
 from virnucpro.infer.plugins import PluginHost, load_plugins
+from virnucpro.infer.writers import row_data
 
 DEFAULT_PLACEMENT = Placement()
 CHECKPOINTS_DIR = "checkpoints"
@@ -146,7 +147,7 @@ def _session(
 
         shared = ranks.share(lead_set_up if lead else None)
         if shared.complete:
-            return _finish(run_dir, shared, plugins, started, 0, 0, lead)
+            return _finish(run_dir, shared, plugins, started, 0, 0, own[0] if own else None)
         if should_stop():
             raise RunStopped(run_dir)
         session = own[0] if own else join_session(run_dir, shared)
@@ -168,7 +169,9 @@ def _session(
         if lead and isinstance(executor, NodeExecutor):
             # Killed workers may have left temporary files; the writer takes finished ones.
             resume_from_checkpoints(run_dir, session.manifest.to_dict(), quarantine=True)
-        return _finish(run_dir, shared, plugins, started, sequences, tokens, lead)
+        return _finish(
+            run_dir, shared, plugins, started, sequences, tokens, own[0] if own else None
+        )
 
 
 class _Ticking:
@@ -201,17 +204,18 @@ def _finish(
     started: float,
     sequences: int,
     tokens: int,
-    lead: bool,
+    lead: Session | None,
 ) -> JobResult:
-    """The lead writes the output unless an intact one is there already, checks what it
+    """The lead (the process holding ``lead``, its session) writes the output, with the
+    index's per-row facts, unless an intact one is there already, checks what it
     wrote, and then (unless the run keeps them) removes the checkpoints: the data is
     on disk once. An output that does not check keeps every checkpoint and says so."""
     writer = plugins.writers().get(shared.manifest.output_format)
     complete_before = sequences == 0 and shared.complete
-    if not lead or shared.output_intact:
+    if lead is None or shared.output_intact:
         output = writer.output_path(run_dir)
     else:
-        output = writer.write(run_dir)
+        output = writer.write(run_dir, row_data(lead.index))
         problem = writer.check(run_dir)
         if problem is not None:
             raise OutputError(
@@ -227,6 +231,6 @@ def _finish(
         tokens=tokens,
         seconds=time.perf_counter() - started,
         already_complete=complete_before,
-        lead=lead,
+        lead=lead is not None,
         notes=tuple(quality_lines(shared.manifest.quality)),
     )
