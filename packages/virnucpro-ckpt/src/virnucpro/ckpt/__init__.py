@@ -39,6 +39,7 @@ from virnucpro.ckpt.resume import (
     quarantine_messages,
     resume_from_checkpoints,
 )
+from virnucpro.ckpt.space import check_run_space
 from virnucpro.ckpt.stale import remove_stale_temporaries
 from virnucpro.ckpt.trigger import CheckpointTrigger
 from virnucpro.ckpt.verify import verify_output
@@ -66,6 +67,7 @@ __all__ = [
     "WriterStats",
     "check_manifest",
     "check_manifest_integrity",
+    "check_run_space",
     "inspect_run",
     "is_run_locked",
     "manifest_differences",

@@ -50,9 +50,9 @@ def disk_full_error(path: Path, needed_bytes: int | None = None) -> DiskFullErro
         free = None
     amounts = []
     if needed_bytes is not None:
-        amounts.append(f"needs about {_size(needed_bytes)}")
+        amounts.append(f"needs about {human_size(needed_bytes)}")
     if free is not None:
-        amounts.append(f"{_size(free)} free")
+        amounts.append(f"{human_size(free)} free")
     said = f" ({', '.join(amounts)})" if amounts else ""
     return DiskFullError(
         f"disk full: cannot write {path}{said}; free space there and run resume "
@@ -120,7 +120,7 @@ def abandon(handle: h5py.File | None, tmp: Path) -> None:
         os.unlink(tmp)
 
 
-def _size(count: int) -> str:
+def human_size(count: int) -> str:
     if count < 1000:
         return f"{count} bytes"
     value = float(count)

@@ -18,6 +18,7 @@ import numpy as np
 from virnucpro.ckpt import (
     CheckpointError,
     ManifestMismatchError,
+    check_run_space,
     read_manifest,
     resume_from_checkpoints,
     write_manifest,
@@ -153,6 +154,7 @@ def set_up_run(
         quality=quality_counts(index, config.max_length, config.long),
         versions=package_versions(),
     )
+    check_run_space(run_dir, manifest.to_dict(), index.lengths)
     write_manifest(run_dir, manifest.to_dict())
     return Session(run_dir, _scan(run_dir, manifest, model, reporter, plugins), index)
 
