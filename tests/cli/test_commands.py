@@ -478,11 +478,6 @@ def test_the_entry_point_does_not_import_torch(child_env: Callable[..., dict[str
     assert result.stdout.splitlines()[-1] == "no torch"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ckpt.inspect_run counts rows from checkpoints only, so a finished run whose "
-    "checkpoints were removed after the verified merge reads as interrupted, 0/N",
-)
 def test_inspect_a_finished_run_without_checkpoints(plugin_path, fasta, tmp_path):
     run_dir = tmp_path / "run"
     code, _, err = call(["run", fasta, "-o", run_dir, *TINY])

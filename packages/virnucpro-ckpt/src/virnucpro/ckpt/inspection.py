@@ -26,7 +26,8 @@ def inspect_run(run_dir: Path, verify: bool = False) -> dict[str, Any]:
     ``verify`` also checks every file's data checksum, the merged output's included
     (reads all data); without it the output's structure is still checked. State is
     ``running`` while a process holds the run lock, ``complete`` once every row is
-    done and merged into an intact output, ``interrupted`` otherwise. ``output``
+    done and merged into an intact output (its checkpoints may be gone: an intact
+    output counts every row), ``interrupted`` otherwise. ``output``
     says whether ``embeddings.h5`` is present and, if damaged, what is wrong.
     """
     run_dir = Path(run_dir)
@@ -36,9 +37,10 @@ def inspect_run(run_dir: Path, verify: bool = False) -> dict[str, Any]:
     rows += [_rejected_entry(path, reason) for path, reason in scan.rejected]
     rows.sort(key=lambda r: (r["rank"] if r["rank"] is not None else -1, r["path"]))
     total = int(manifest["num_sequences"])
-    done = sum(info.num_sequences for info in scan.valid)
     merged = (run_dir / MERGED_NAME).is_file()
     problem = verify_output(run_dir, full=verify) if merged else None
+    # An intact output holds every row, whether or not its checkpoints were removed.
+    done = total if merged and problem is None else sum(i.num_sequences for i in scan.valid)
     if is_run_locked(run_dir):
         state = STATE_RUNNING
     elif done == total and merged and problem is None:
