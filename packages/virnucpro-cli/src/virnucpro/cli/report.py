@@ -45,6 +45,9 @@ class RunReport:
     """True when every checksum was checked (``--verify``)."""
     notes: tuple[str, ...] = ()
     """What the run says about its input (``virnucpro.infer.job.quality``)."""
+    output: str | None = None
+    """The output's path when it is written; ``output_problem`` says what is damaged."""
+    output_problem: str | None = None
 
 
 def inspect_report(run_dir: Path, verify: bool) -> RunReport:
@@ -73,6 +76,8 @@ def inspect_report(run_dir: Path, verify: bool) -> RunReport:
         ),
         verified=found["verified"],
         notes=tuple(quality_lines(manifest.get("quality", {}))),
+        output=found["output"]["path"] if found["output"]["present"] else None,
+        output_problem=found["output"]["problem"],
     )
 
 
@@ -118,5 +123,9 @@ def print_report(console: Console, report: RunReport) -> None:
             _memory(checkpoint.gpu_memory_bytes),
         )
     console.print(table)
+    if report.output is not None:
+        state = f"DAMAGED: {report.output_problem}" if report.output_problem else "written"
+        checked = "" if report.verified else " (not read back; use --verify)"
+        console.print(f"output: {report.output}: {state}{checked}", markup=False, highlight=False)
     for line in report.notes:
         console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
