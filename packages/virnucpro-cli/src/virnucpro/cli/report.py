@@ -126,6 +126,11 @@ def print_report(console: Console, report: RunReport) -> None:
     if report.output is not None:
         state = f"DAMAGED: {report.output_problem}" if report.output_problem else "written"
         checked = "" if report.verified else " (not read back; use --verify)"
-        console.print(f"output: {report.output}: {state}{checked}", markup=False, highlight=False)
+        console.print(
+            f"output: {report.output}: {state}{checked}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     for line in report.notes:
         console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
