@@ -100,7 +100,7 @@ class PluginHost:
         return registry
 
 
-def new_manager(extra_specs: Iterable[object] = ()) -> pluggy.PluginManager:
+def new_manager(extra_specs: Iterable[type] = ()) -> pluggy.PluginManager:
     manager = pluggy.PluginManager(PROJECT_NAME)
     manager.add_hookspecs(EngineSpec)
     for spec in extra_specs:
@@ -110,7 +110,7 @@ def new_manager(extra_specs: Iterable[object] = ()) -> pluggy.PluginManager:
 
 def load_plugins(
     environ: Mapping[str, str] | None = None,
-    extra_specs: Iterable[object] = (),
+    extra_specs: Iterable[type] = (),
     strict: bool = False,
 ) -> PluginHost:
     """Load the admitted entry points of the ``virnucpro`` group. ``extra_specs``: a

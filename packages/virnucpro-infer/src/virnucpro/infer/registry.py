@@ -50,8 +50,10 @@ class ModelBackend(Protocol):
     ) -> LoadedModel:
         """The weights ``info`` describes (no second checksum), on device in dtype."""
 
-    def packed_forward(self, loaded: LoadedModel, **options) -> PackedForward:
-        """A callable (input_ids, cu_seqlens, max_seqlen, repr_layers) -> {layer: (T, D)}."""
+    def packed_forward(self, loaded: LoadedModel, *, compile: bool = False) -> PackedForward:
+        """A callable (input_ids, cu_seqlens, max_seqlen, repr_layers) -> {layer: (T, D)};
+        ``compile``: the engine asks for a compiled one on CUDA. Backends may take more
+        keywords with defaults."""
 
 
 class ESM2Backend:

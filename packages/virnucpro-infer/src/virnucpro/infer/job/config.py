@@ -208,7 +208,9 @@ def resolve_layers(layers: Sequence[int] | str | None, num_layers: int) -> tuple
     """Layers in fair-esm numbering (0 = embeddings, ``num_layers`` = last), sorted."""
     if layers is None:
         return (num_layers,)
-    if layers == ALL_LAYERS:
+    if isinstance(layers, str):
+        if layers != ALL_LAYERS:
+            raise ConfigError(f"layers: {layers!r} is not layer numbers or {ALL_LAYERS!r}")
         return tuple(range(num_layers + 1))
     resolved = []
     for layer in layers:

@@ -84,16 +84,20 @@ def select_executor(placement: Placement, world: World | None) -> Executor:
     return NodeExecutor(targets)
 
 
-class LocalExecutor:
-    def __init__(self, targets: list[Target], workers: int) -> None:
-        self.targets = targets
-        self.workers = workers
+class _NoRanks:
+    """Placements without torchrun: nobody to coordinate with, the whole plan here."""
 
     def coordinator(self) -> Solo:
         return Solo()
 
     def share_of(self, batches: list[np.ndarray], session: Session) -> list[np.ndarray]:
         return batches
+
+
+class LocalExecutor(_NoRanks):
+    def __init__(self, targets: list[Target], workers: int) -> None:
+        self.targets = targets
+        self.workers = workers
 
     def embed(
         self,
@@ -160,16 +164,10 @@ def _embed_here(
     return Outcome(outcome.status == STOPPED, outcome.sequences, outcome.tokens)
 
 
-class NodeExecutor:
+class NodeExecutor(_NoRanks):
     def __init__(self, targets: list[Target], warmup: bool = False) -> None:
         self.targets = targets
         self.warmup = warmup
-
-    def coordinator(self) -> Solo:
-        return Solo()
-
-    def share_of(self, batches: list[np.ndarray], session: Session) -> list[np.ndarray]:
-        return batches
 
     def embed(
         self,
