@@ -185,7 +185,7 @@ class CsvWriter:
     def output_path(self, run_dir):
         return Path(run_dir) / "embeddings.csv"
 
-    def write(self, run_dir):
+    def write(self, run_dir, rows):
         from virnucpro.ckpt import merge_checkpoints, open_embeddings
 
         lines = []

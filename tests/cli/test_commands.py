@@ -381,7 +381,7 @@ def test_run_help_shows_whole_defaults_and_no_type_names(plugin_path, monkeypatc
         "[default: 300]",
         "[default: 1022; x>=0]",
         "[default: all]",
-        "[default: 2; x>=0]",
+        "[default: 0; x>=0]",
         "[default: 1; x>=1]",
         "[default: 10000; x>=1]",
         "[default: 300.0]",

@@ -115,6 +115,11 @@ manifests = st.builds(
     checkpoint_interval=st.floats(0.5, 1e5),
     checkpoint_bytes=st.integers(1, 2**40),
     output_format=st.just("hdf5"),
+    store_dtype=st.sampled_from(["float32", "float16"]),
+    compression=st.sampled_from(["none", "lzf", "gzip"]),
+    keep_checkpoints=st.booleans(),
+    strict=st.booleans(),
+    quality=st.just({"over_max_length": 0, "nonstandard_line": ""}),
     versions=st.just({"torch": "2.13.0"}),
 )
 
@@ -132,6 +137,11 @@ def test_manifest_round_trips(manifest):
         manifest.max_length,
         manifest.checkpoint_every,
     )
+    assert (config.store_dtype, config.compression) == (
+        manifest.store_dtype,
+        manifest.compression,
+    )
+    assert (config.strict, config.keep_checkpoints) == (manifest.strict, manifest.keep_checkpoints)
 
 
 def test_manifest_missing_keys_are_named():

@@ -335,6 +335,8 @@ def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
         "max length": config.max_length,
         "long sequences": config.long,
         "output format": config.output_format,
+        "store dtype": config.store_dtype,
+        "compression": config.compression,
     }
     have: dict[str, Any] = {
         "inputs": stored.inputs,
@@ -346,6 +348,8 @@ def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
         "max length": stored.max_length,
         "long sequences": stored.long,
         "output format": stored.output_format,
+        "store dtype": stored.store_dtype,
+        "compression": stored.compression,
     }
     if config.random_weights:
         asked["seed"], have["seed"] = config.seed, stored.seed
