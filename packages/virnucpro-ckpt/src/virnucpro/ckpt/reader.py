@@ -141,7 +141,7 @@ class Embeddings:
         id: str,
         layer: int | None = None,
         pooling: str = DEFAULT_POOLING,
-        dtype: npt.DTypeLike = None,
+        dtype: npt.DTypeLike | None = None,
     ) -> np.ndarray:
         """One sequence's output: a (D,) vector, or (L, D) for ``per_token``; as stored,
         or converted to ``dtype`` (e.g. ``np.float32`` from a float16 run)."""
@@ -154,7 +154,7 @@ class Embeddings:
             values = self._file[pooled_name(layer, kind)][row]
         return values if dtype is None else values.astype(dtype, copy=False)
 
-    def mean(self, layer: int | None = None, dtype: npt.DTypeLike = None) -> np.ndarray:
+    def mean(self, layer: int | None = None, dtype: npt.DTypeLike | None = None) -> np.ndarray:
         """The N x D mean-pooled matrix of a layer (default: the last), read whole; as
         stored or converted to ``dtype``."""
         values = self.dataset(layer, DEFAULT_POOLING)[()]

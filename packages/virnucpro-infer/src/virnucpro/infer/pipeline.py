@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import torch
@@ -37,8 +37,8 @@ from virnucpro.data import PackedBatchDataset, SequenceIndex, create_async_datal
 from virnucpro.infer.registry import PackedForward
 from virnucpro.infer.runner import AsyncInferenceRunner, InferenceResult
 
-FINISHED = "finished"
-STOPPED = "stopped"
+FINISHED: Final = "finished"
+STOPPED: Final = "stopped"
 REASON_STOP = "stop_signal"
 REASON_FINAL = "final"
 REASON_SIZE = "size"
