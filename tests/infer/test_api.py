@@ -253,3 +253,13 @@ def test_float16_storage_is_the_float32_run_cast_and_reads_as_stored(proteins, t
             assert f["layer_6/per_token_offsets"].dtype == np.int64
     with pytest.raises(ConfigError, match="bfloat16 cannot be stored readably"):
         embed(proteins, tmp_path / "bf16", store_dtype="bfloat16", **TINY)
+
+
+def test_force_with_bad_input_keeps_the_old_run_in_place(proteins, tmp_path):
+    kept = embed(proteins, tmp_path / "run", **TINY)
+    bad = tmp_path / "bad.fasta"
+    bad.write_text("junk\n")
+    with pytest.raises(BadInputError):
+        embed(bad, tmp_path / "run", force=True, **TINY)
+    assert kept.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]

@@ -107,6 +107,10 @@ def set_up_run(
 ) -> Session:
     """Claim ``run_dir`` (``force``: move an old run beside it), index, describe the
     model, write the manifest."""
+    if force and used_entries(run_dir):
+        # Bad inputs are found before the old run is moved aside, not after.
+        _check_format(config.output_format, plugins)
+        build_index(config.inputs, config.input_type, config.chunk_size, None, config.strict)
     stored = _claim(run_dir, config, force, reporter, plugins)
     if stored is not None:
         return _resume_stored(run_dir, stored, target, plugins, reporter)
