@@ -10,7 +10,7 @@ their defaults from here. Torch-free: the cli imports it for its option defaults
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +223,3 @@ def resolve_layers(layers: Sequence[int] | str | None, num_layers: int) -> tuple
     if len(set(resolved)) != len(resolved):
         raise ConfigError(f"layers: {tuple(layers)} name the same layer twice")
     return tuple(sorted(resolved))
-
-
-def config_fields() -> tuple[str, ...]:
-    """The names of :class:`RunConfig`'s fields: the keywords of ``embed``."""
-    return tuple(f.name for f in fields(RunConfig))

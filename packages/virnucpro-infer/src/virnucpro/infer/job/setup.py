@@ -200,7 +200,7 @@ def _resume_stored(
 ) -> Session:
     index = _rebuild_index(run_dir, stored)
     shared = _scan(run_dir, stored, None, reporter, plugins)
-    check_nothing_lost(run_dir, shared, plugins)
+    _check_nothing_lost(run_dir, shared, plugins)
     if shared.complete:
         return Session(run_dir, shared, index)
     model = _describe(plugins, stored.model, stored.random_weights, stored.seed or 0)
@@ -261,7 +261,7 @@ def _scan(
     return Shared(manifest, model, found.done_indices, by_rank)
 
 
-def check_nothing_lost(run_dir: Path, shared: Shared, plugins: PluginHost) -> None:
+def _check_nothing_lost(run_dir: Path, shared: Shared, plugins: PluginHost) -> None:
     """A damaged output whose checkpoints were removed cannot be rebuilt: say so."""
     writer = plugins.writers().get(shared.manifest.output_format)
     checkpoints = any((run_dir / "checkpoints").glob("rank_*/*.h5"))
@@ -309,7 +309,8 @@ def _claim(
             f"continue it with `virnucpro resume {run_dir}`, choose another output "
             "directory, or start over with --force"
         )
-    if _output_intact(run_dir, stored, plugins):
+    if plugins.writers().get(stored.output_format).output_path(run_dir).exists():
+        # Whether it is intact is read once, by the scan that follows.
         return stored
     done = resume_from_checkpoints(
         run_dir, stored.to_dict(), quarantine=False, verify_checksum=False
@@ -320,11 +321,6 @@ def _claim(
             f"sequences: continue it with `virnucpro resume {run_dir}`, or start over with --force"
         )
     return stored
-
-
-def _output_intact(run_dir: Path, manifest: RunManifest, plugins: PluginHost) -> bool:
-    writer = plugins.writers().get(manifest.output_format)
-    return writer.output_path(run_dir).exists() and writer.check(run_dir) is None
 
 
 def _differences(config: RunConfig, stored: RunManifest) -> list[str]:
