@@ -170,6 +170,17 @@ def square_worker(
     return handle
 
 
+def gpu_identity_worker(device: torch.device):
+    """Reports which physical GPU (its UUID) and how many GPUs the worker sees."""
+
+    def handle(unit: list[int], report: Callable[[int], None]) -> dict:
+        report(len(unit))
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        return {"uuid": uuid, "device": str(device), "visible": torch.cuda.device_count()}
+
+    return handle
+
+
 def failing_setup_worker(device: torch.device):
     """A worker whose setup always fails, like a model that cannot be loaded."""
     raise RuntimeError(f"model cannot be loaded on {device}")

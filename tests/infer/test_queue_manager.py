@@ -185,6 +185,31 @@ def test_each_worker_runs_on_the_physical_gpu_it_was_given():
     assert [e.worker.device for e in events if e.kind == "ready"] == [f"cuda:{last}"]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_worker_alone_on_its_gpu_sees_only_that_gpu_as_cuda_0():
+    last = torch.cuda.device_count() - 1
+    physical = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(last + 1))))
+    events = []
+    manager = BatchQueueManager(
+        support.gpu_identity_worker, [last], {}, visible_devices=[physical.split(",")[last]]
+    )
+    results = manager.run(_square_units(1), on_event=events.append)
+    assert [r["device"] for r in results.values()] == ["cuda:0"]
+    assert [r["visible"] for r in results.values()] == [1]
+    assert [r["uuid"] for r in results.values()] == [
+        str(torch.cuda.get_device_properties(last).uuid)
+    ]
+    assert [e.worker.device for e in events if e.kind == "ready"] == [
+        f"cuda:0 (CUDA_VISIBLE_DEVICES={physical.split(',')[last]})"
+    ]
+
+
+def test_visible_devices_need_one_entry_per_device():
+    with pytest.raises(ValueError, match="one CUDA_VISIBLE_DEVICES entry per device"):
+        BatchQueueManager(support.square_worker, ["cpu", "cpu"], visible_devices=["0"])
+
+
 queue_support = importlib.import_module("queue_support")
 
 

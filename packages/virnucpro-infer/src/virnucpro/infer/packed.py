@@ -99,6 +99,21 @@ def _make_block_functions(num_heads: int, q_scale: float, eps: float):
     return project, step, finish
 
 
+def quiesce_compile_workers() -> None:
+    """Let inductor's compile processes stop now that every graph is built, while the
+    GPU works, instead of at exit: their shutdown held the end of a run for 2.6-5 s on
+    an H200 host (py-spy). A later compilation wakes them, as after inductor's own idle
+    timer; a torch without that pool has nothing to stop."""
+    try:
+        from torch._inductor.async_compile import _pool_set
+        from torch._inductor.compile_worker.subproc_pool import SubprocPool
+    except ImportError:
+        return
+    for pool in _pool_set:
+        if isinstance(pool, SubprocPool):
+            pool.quiesce()
+
+
 def _mark_tokens_dynamic(*tensors: torch.Tensor) -> None:
     for tensor in tensors:
         torch._dynamo.maybe_mark_dynamic(tensor, 0)
@@ -183,6 +198,7 @@ class PackedESM2:
         # again dynamic; weight dims stay static (dynamic=True made every dim symbolic
         # and measured 278K vs 325K tokens/s on 650M, H100).
         self._mark_dynamic = compile
+        self._first_compiled_call = compile
         self._weights = [_layer_weights(layer) for layer in model.layers]
         self._inv_freq = _shared_inv_freq(model)
 
@@ -226,6 +242,9 @@ class PackedESM2:
                 representations[index + 1] = x
         if self.num_layers in wanted:
             representations[self.num_layers] = self.model.emb_layer_norm_after(x)
+        if self._first_compiled_call:
+            self._first_compiled_call = False
+            quiesce_compile_workers()
         return representations
 
     def _embed(self, input_ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:

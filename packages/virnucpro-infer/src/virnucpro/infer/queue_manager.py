@@ -1,7 +1,10 @@
 """One spawned worker process per device, work handed out in units on demand.
 
 Each worker is bound to the physical device it was given (`devices=[2, 3]` runs on
-cuda:2 and cuda:3, set explicitly and reported back by the worker: lesson 7). A
+cuda:2 and cuda:3, set explicitly and reported back by the worker: lesson 7). With
+`visible_devices`, each GPU worker sees its own GPU alone, as cuda:0: compiled graphs
+then name the same device in every worker and share one compile cache, so a node pays
+one cold compilation, not one per GPU. A
 worker asks for a unit when it is free, so a fast device takes more units. A worker
 that dies (crash, SIGKILL, an exception in its unit) is respawned at once and its
 unit re-queued: retry means respawn, never waiting (lesson 11). A worker that makes
@@ -163,6 +166,7 @@ class BatchQueueManager:
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
         stall_scale: float = DEFAULT_STALL_SCALE,
         startup_timeout_s: float | None = None,
+        visible_devices: Sequence[str] | None = None,
     ) -> None:
         if not devices:
             raise ValueError("no devices given: name at least one GPU (or cpu)")
@@ -173,6 +177,9 @@ class BatchQueueManager:
             )
         self.worker_function = worker_function
         self.devices = [device_spec(d) for d in devices]
+        if visible_devices is not None and len(visible_devices) != len(self.devices):
+            raise ValueError("visible_devices needs one CUDA_VISIBLE_DEVICES entry per device")
+        self.visible_devices: list[str | None] = list(visible_devices or [None] * len(self.devices))
         self.worker_kwargs = dict(worker_kwargs or {})
         self.max_failures = max_failures
         self.stall_timeout_s = float(stall_timeout_s)
@@ -244,6 +251,7 @@ class BatchQueueManager:
             target=_worker_main,
             args=(
                 worker.state.requested_device,
+                self.visible_devices[worker.state.worker_id],
                 worker.state.worker_id,
                 self._cpu_threads,
                 self.worker_function,
@@ -445,17 +453,26 @@ def _exit_cause(exitcode: int | None) -> str:
     return f"worker process exited with code {exitcode}"
 
 
-def _bind_device(spec: str, cpu_threads: int) -> tuple[torch.device, str]:
-    """Make `spec` this process's device and say which device is actually in use."""
+def _bind_device(spec: str, visible: str | None, cpu_threads: int) -> tuple[torch.device, str]:
+    """Make `spec` this process's device and say which device is actually in use.
+
+    `visible` (a physical GPU id) narrows what this process sees to that GPU, before
+    CUDA starts here, and binds it as cuda:0."""
     device = torch.device(spec)
     if device.type != "cuda":
         torch.set_num_threads(cpu_threads)
         return device, str(device)
+    if visible is not None:
+        if torch.cuda.is_initialized():
+            raise RuntimeError("CUDA started before the worker chose its GPU")
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+        device = torch.device("cuda", 0)
     torch.cuda.set_device(device)
     current = torch.cuda.current_device()
     if current != device.index:
         raise RuntimeError(f"asked for {spec} but CUDA reports cuda:{current} as current")
-    return device, f"cuda:{current}"
+    alone = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+    return device, f"cuda:{current}{alone}"
 
 
 _worker_slot: int | None = None
@@ -469,6 +486,7 @@ def current_worker_slot() -> int | None:
 
 def _worker_main(
     spec: str,
+    visible: str | None,
     slot: int,
     cpu_threads: int,
     worker_function: WorkerFunction,
@@ -480,7 +498,7 @@ def _worker_main(
     _worker_slot = slot
     die_with_parent()
     try:
-        device, in_use = _bind_device(spec, cpu_threads)
+        device, in_use = _bind_device(spec, visible, cpu_threads)
         handler = worker_function(device, **worker_kwargs)
     except Exception as error:
         conn.send(("error", f"start-up on {spec} failed: {_one_line(error)}"))

@@ -40,6 +40,8 @@ class Target:
 
     device: torch.device
     label: str
+    gpu: str | None = None
+    """The physical GPU id (what ``CUDA_VISIBLE_DEVICES`` names), for CUDA targets."""
 
 
 def resolve_targets(placement: Placement) -> list[Target]:
@@ -66,7 +68,10 @@ def resolve_targets(placement: Placement) -> list[Target]:
     except ValueError as exc:
         raise NoDeviceError(f"{exc}; choose GPUs with --gpus") from None
     torch.cuda.set_device(chosen[0].ordinal)
-    return [Target(torch.device("cuda", g.ordinal), f"gpu{g.physical_id}") for g in chosen]
+    return [
+        Target(torch.device("cuda", g.ordinal), f"gpu{g.physical_id}", g.physical_id)
+        for g in chosen
+    ]
 
 
 def rank_target(placement: Placement, world: World) -> Target:

@@ -190,6 +190,7 @@ class NodeExecutor(_NoRanks):
             },
             stall_timeout_s=ports.stall_timeout,
             startup_timeout_s=max(ports.stall_timeout, STARTUP_TIMEOUT_S),
+            visible_devices=_alone(self.targets),
         )
         units = cut_into_units(batches, session.index.ids, len(self.targets))
         finished = threading.Event()
@@ -244,6 +245,12 @@ class _EventProgress:
             self.progress.advance(
                 self.labels[slot], sequences - before_sequences, tokens - before_tokens
             )
+
+
+def _alone(targets: Sequence[Target]) -> list[str] | None:
+    """Each GPU worker sees only its GPU (one shared compile cache for the node)."""
+    gpus = [target.gpu for target in targets]
+    return None if None in gpus else [gpu for gpu in gpus if gpu is not None]
 
 
 def _forward_stop(should_stop: StopFlag, event: Any, finished: threading.Event) -> None:
