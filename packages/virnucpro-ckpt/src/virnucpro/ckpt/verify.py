@@ -188,7 +188,8 @@ def _dataset_links(f: h5py.File) -> list[str]:
 
 
 def _digest_of(ds: h5py.Dataset, name: str) -> str:
-    digests = DatasetDigests()
+    """Hashing runs beside the reads (two slices in flight)."""
+    digests = DatasetDigests(max_pending_bytes=2 * SLICE_BYTES)
     digests.start(name, ds.dtype, ds.shape)
     for piece in _slices(ds):
         if ds.dtype.kind == "O":
