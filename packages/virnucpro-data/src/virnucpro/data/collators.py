@@ -53,7 +53,7 @@ class VarlenCollator:
                 [s.encode("utf-8", "surrogateescape") for s in cut], ids, indices, 0
             )
         else:
-            packed = self._pack_with_converter(ids, cut, indices)
+            packed = self._pack_with_converter(self.batch_converter, ids, cut, indices)
         was_cut = torch.tensor(
             [
                 bool(item.get("truncated", False)) or len(s) > self.max_length > 0
@@ -64,10 +64,11 @@ class VarlenCollator:
         packed["truncated"] = was_cut
         return packed
 
+    @staticmethod
     def _pack_with_converter(
-        self, ids: list[str], sequences: list[str], indices: list[int]
+        batch_converter: Callable, ids: list[str], sequences: list[str], indices: list[int]
     ) -> dict:
-        _, _, padded = self.batch_converter(list(zip(ids, sequences, strict=True)))
+        _, _, padded = batch_converter(list(zip(ids, sequences, strict=True)))
         rows = []
         for row in padded:
             real = torch.nonzero(row != PAD_IDX).max().item() + 1

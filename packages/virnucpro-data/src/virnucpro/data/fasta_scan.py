@@ -7,10 +7,10 @@ by the file name.
 """
 
 import gzip
+import io
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from virnucpro.data.errors import InputError
 
@@ -45,12 +45,12 @@ def is_gzip(path: Path) -> bool:
         raise InputError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
-def open_input(path: Path) -> BinaryIO:
+def open_input(path: Path) -> io.BufferedIOBase:
     """Open a FASTA input, plain or gzip, for reading."""
     return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
-def _blocks(path: Path, handle: BinaryIO, hasher) -> Iterator[bytes]:
+def _blocks(path: Path, handle: io.BufferedIOBase, hasher) -> Iterator[bytes]:
     while True:
         try:
             block = handle.read(BLOCK_SIZE)

@@ -395,7 +395,7 @@ class _Builder:
         if len(set(self.record_ids)) == len(self.record_ids):
             return
         first_seen: dict[bytes, int] = {}
-        listed = []
+        listed: list[str] = []
         count = 0
         for record, name in enumerate(self.record_ids):
             if name not in first_seen:
