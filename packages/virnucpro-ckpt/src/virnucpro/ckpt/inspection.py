@@ -88,6 +88,9 @@ def _valid_entry(info: CheckpointInfo) -> dict[str, Any]:
 
 
 def _rejected_entry(path: Path, reason: str) -> dict[str, Any]:
+    rank: int | None
+    session: str | None
+    sequence: int | None
     try:
         rank, session, sequence = parse_checkpoint_path(path)
     except InvalidCheckpointError:
