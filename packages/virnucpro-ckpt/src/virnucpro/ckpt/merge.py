@@ -8,9 +8,11 @@ by input index, so the rows of an output chunk are one contiguous slice per file
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from virnucpro.ckpt.verify import (
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 MAX_OPEN_FILES = 64
+VALIDATION_THREADS = min(8, os.cpu_count() or 1)
 # At most HDF5's default chunk cache (1 MiB per dataset), so a reader keeps the chunk it
 # decompressed for the next protein, and reading one protein touches a few chunks.
 CHUNK_BYTES = 2**20
@@ -161,20 +164,27 @@ def merged_size(
 def _load_sources(
     run_dir: Path, manifest: Mapping[str, Any], verify_checksum: bool
 ) -> list[_Source]:
-    sources = []
+    paths = []
     for _rank, directory in iter_rank_dirs(run_dir):
         for path in sorted(directory.iterdir()):
             if not CHECKPOINT_NAME.match(path.name):
                 raise MergeError(f"{path}: not a finished checkpoint; run resume to move it aside")
-            try:
-                validate_checkpoint_hdf5(path, manifest, verify_checksum)
-            except InvalidCheckpointError as exc:
-                raise MergeError(f"{exc}; run resume to move it aside") from None
-            with h5py.File(path, "r") as f:
-                indices = f["indices"][()]
-                offsets = offsets_from_lengths(f["lengths"][()])
-            sources.append(_Source(path, indices, offsets))
-    return sources
+            paths.append(path)
+    # Files are checked side by side: hashing releases the GIL, so a per-token run's
+    # tens of GB are checked at the disk's pace rather than one core's sha256 pace.
+    with ThreadPoolExecutor(min(VALIDATION_THREADS, max(1, len(paths)))) as pool:
+        return list(pool.map(lambda path: _source(path, manifest, verify_checksum), paths))
+
+
+def _source(path: Path, manifest: Mapping[str, Any], verify_checksum: bool) -> _Source:
+    try:
+        validate_checkpoint_hdf5(path, manifest, verify_checksum)
+    except InvalidCheckpointError as exc:
+        raise MergeError(f"{exc}; run resume to move it aside") from None
+    with h5py.File(path, "r") as f:
+        indices = f["indices"][()]
+        offsets = offsets_from_lengths(f["lengths"][()])
+    return _Source(path, indices, offsets)
 
 
 def _locate_rows(sources: list[_Source], total: int) -> tuple[np.ndarray, np.ndarray]:

@@ -167,8 +167,11 @@ def _session(
         if stopped:
             raise RunStopped(run_dir)
         if lead and isinstance(executor, NodeExecutor):
-            # Killed workers may have left temporary files; the writer takes finished ones.
-            resume_from_checkpoints(run_dir, session.manifest.to_dict(), quarantine=True)
+            # Killed workers may have left temporary files; the writer takes finished ones
+            # and checks their checksums itself (reading them all twice cost seconds).
+            resume_from_checkpoints(
+                run_dir, session.manifest.to_dict(), quarantine=True, verify_checksum=False
+            )
         return _finish(
             run_dir, shared, plugins, started, sequences, tokens, own[0] if own else None
         )
