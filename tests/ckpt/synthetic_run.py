@@ -108,11 +108,11 @@ def run_rank(args: argparse.Namespace, session: str) -> None:
         parts.append(synthetic_batch(batch_indices, args.width))
         fire, reason = trigger.should_checkpoint(len(batch_indices))
         if fire:
-            writer.write_checkpoint_async(CheckpointBatch.concatenate(parts), reason, 1000, 2000)
+            writer.write_checkpoint_async(CheckpointBatch.join(parts), reason, 1000, 2000)
             parts = []
             trigger.reset()
     if parts:
-        writer.write_checkpoint_async(CheckpointBatch.concatenate(parts), REASON_FINAL)
+        writer.write_checkpoint_async(CheckpointBatch.join(parts), REASON_FINAL)
     writer.shutdown()
 
 

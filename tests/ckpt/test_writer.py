@@ -3,6 +3,8 @@ import time
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from virnucpro.ckpt import (
     AsyncCheckpointWriter,
@@ -90,13 +92,29 @@ def test_inconsistent_batch_is_refused_before_queueing():
         CheckpointBatch(indices=[0, 1], ids=["a", "b"], lengths=[3], truncated=[0, 0])
 
 
-def test_concatenate_and_sort_keep_per_token_segments_with_their_rows(synthetic):
-    parts = [synthetic.synthetic_batch(np.array(g), WIDTH) for g in ([8, 2], [5], [0, 9])]
-    merged = CheckpointBatch.concatenate(parts).sorted_by_index()
-    expected = synthetic.synthetic_batch(np.array([0, 2, 5, 8, 9]), WIDTH)
-    assert merged.ids == expected.ids
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_joined_parts_are_the_batch_of_their_rows_in_index_order(synthetic, data):
+    """Whatever the parts (any order of rows, any split, empty parts too), every row
+    comes out once, in increasing input-index order, with its per-token segment."""
+    count = data.draw(st.integers(1, 40))
+    rows = data.draw(st.permutations(range(count)))
+    cuts = sorted(data.draw(st.lists(st.integers(0, count), max_size=6)))
+    groups = [rows[a:b] for a, b in zip([0, *cuts], [*cuts, count], strict=True)]
+    parts = [synthetic.synthetic_batch(np.array(g, dtype=np.int64), WIDTH) for g in groups]
+    joined = CheckpointBatch.join(parts)
+    expected = synthetic.synthetic_batch(np.arange(count), WIDTH)
+    assert joined.indices.tolist() == list(range(count))
+    assert joined.ids == expected.ids
+    assert np.array_equal(joined.lengths, expected.lengths)
+    assert np.array_equal(joined.truncated, expected.truncated)
+    assert sorted(joined.outputs) == sorted(expected.outputs)
     for name, value in expected.outputs.items():
-        assert np.array_equal(merged.outputs[name], value), name
+        assert joined.outputs[name].dtype == value.dtype, name
+        assert np.array_equal(joined.outputs[name], value), name
+    assert joined.sorted_by_index() is joined
 
 
 def test_file_rows_sorted_by_index(make_run, write_rows):

@@ -107,22 +107,44 @@ class CheckpointBatch:
         )
 
     @classmethod
-    def concatenate(cls, parts: Sequence[CheckpointBatch]) -> CheckpointBatch:
-        """One batch holding every row of ``parts`` (per-token offsets rebased)."""
+    def join(cls, parts: Sequence[CheckpointBatch]) -> CheckpointBatch:
+        """Every row of ``parts`` in increasing input-index order, as a checkpoint file
+        holds them. Each value is copied once, straight to its place: joining and then
+        sorting copied a per-token checkpoint's gigabyte twice."""
         if not parts:
-            raise ValueError("checkpoint batch: nothing to concatenate")
+            raise ValueError("checkpoint batch: nothing to join")
+        indices = np.concatenate([p.indices for p in parts])
+        order = np.argsort(indices, kind="stable")
+        place = np.empty_like(order)
+        place[order] = np.arange(order.shape[0])
+        bounds = offsets_from_lengths(np.array([len(p) for p in parts]))
+        lengths = np.concatenate([p.lengths for p in parts])
         outputs = {}
-        for name in parts[0].outputs:
+        for name, first in parts[0].outputs.items():
             if is_offsets(name):
-                lengths = np.concatenate([np.diff(p.outputs[name]) for p in parts])
-                outputs[name] = offsets_from_lengths(lengths)
+                continue
+            if is_per_token(name):
+                offsets = offsets_from_lengths(lengths[order])
+                rows = int(offsets[-1])
+                outputs[name + "_offsets"] = offsets
             else:
-                outputs[name] = np.concatenate([p.outputs[name] for p in parts])
+                rows = indices.shape[0]
+            joined = np.empty((rows, first.shape[1]), dtype=first.dtype)
+            for number, part in enumerate(parts):
+                rows_at = place[bounds[number] : bounds[number + 1]]
+                if is_per_token(name):
+                    own = part.outputs[name + "_offsets"]
+                    rows_at = np.repeat(offsets[rows_at] - own[:-1], np.diff(own)) + np.arange(
+                        own[-1]
+                    )
+                joined[rows_at] = part.outputs[name]
+            outputs[name] = joined
+        ids = [i for p in parts for i in p.ids]
         return cls(
-            indices=np.concatenate([p.indices for p in parts]),
-            ids=[i for p in parts for i in p.ids],
-            lengths=np.concatenate([p.lengths for p in parts]),
-            truncated=np.concatenate([p.truncated for p in parts]),
+            indices=indices[order],
+            ids=[ids[i] for i in order],
+            lengths=lengths[order],
+            truncated=np.concatenate([p.truncated for p in parts])[order],
             outputs=outputs,
         )
 

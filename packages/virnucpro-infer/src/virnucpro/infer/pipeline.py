@@ -121,7 +121,7 @@ def embed_rank(
     def flush(reason: str) -> None:
         held[0] = 0
         if pending:
-            batch = CheckpointBatch.concatenate(pending)
+            batch = CheckpointBatch.join(pending)
             allocated, peak = _gpu_memory(device)
             outcome.checkpoints.append(
                 writer.write_checkpoint_async(batch, reason, allocated, peak)
