@@ -14,7 +14,8 @@ the `virnucpro` command, compile and merge included) on a generated reads-like s
   between them;
 - `startup_s`: start to the first progress line with work done; `merge_s`: the line at
   100% to exit (the merge and the process's end);
-- `peak_host_rss_gb`: the largest resident set of the run's processes (getrusage);
+- `peak_host_rss_gb`: the largest resident set of any one of the run's processes
+  (getrusage in a launcher that runs only this command, so earlier runs do not count);
 - `forward_tokens_per_s`: the packed forward alone in this process (same model, same
   precision, compiled, the run's own plan and token budget), warm-up not timed;
 - `min_cos_vs_fp32`: the worst cosine, over `--check` sequences, between the run's
@@ -30,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ FORWARD_TOKENS = 4_000_000
 FULL = {
     "runs": [
         ("esm2_t33_650M_UR50D", "reads", "mean", 23_000_000),
-        ("esm2_t33_650M_UR50D", "reads", "per-token", 3_000_000),
+        ("esm2_t33_650M_UR50D", "reads", "per-token", 20_600_000),
         ("esm2_t36_3B_UR50D", "reads", "mean", 5_000_000),
         ("esm2_t33_650M_UR50D", "dna", "mean", 1_000_000),
     ],
@@ -117,26 +118,37 @@ class Timeline:
         self._thread.join()
 
 
+# Runs the command and writes the largest resident set (KiB) among its processes.
+LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[2:]).returncode\n"
+    "with open(sys.argv[1], 'w') as out:\n"
+    "    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, Timeline, float, str]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "virnucpro.cli", "run", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    timeline = Timeline(process, started)
-    stdout = process.communicate()[0]
-    wall = time.perf_counter() - started
-    timeline.join()
-    if process.returncode != 0:
-        raise SystemExit(
-            f"virnucpro run failed ({process.returncode}):\n" + "\n".join(timeline.log)
+    with tempfile.NamedTemporaryFile(suffix=".rss") as rss:
+        started = time.perf_counter()
+        command = [sys.executable, "-m", "virnucpro.cli", "run", *args]
+        process = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, rss.name, *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, timeline, max(peak, before) / 2**20, stdout
+        timeline = Timeline(process, started)
+        stdout = process.communicate()[0]
+        wall = time.perf_counter() - started
+        timeline.join()
+        if process.returncode != 0:
+            raise SystemExit(
+                f"virnucpro run failed ({process.returncode}):\n" + "\n".join(timeline.log)
+            )
+        peak_kib = int(Path(rss.name).read_text())
+    return wall, timeline, peak_kib / 2**20, stdout
 
 
 def steady(points: list[tuple[float, int, int]], tokens_per_sequence: float) -> float | None:
@@ -259,7 +271,17 @@ def one_run(spec: tuple, work: Path, args: argparse.Namespace, device: torch.dev
         entry["forward_tokens_per_s"] = round(forward_speed(model, inputs, budget, device))
         entry["min_cos_vs_fp32"] = min_cosine(model, run_dir, args.check, device)
     (work / f"{run_dir.name}.log").write_text("\n".join(timeline.log) + "\n")
+    shutil.rmtree(run_dir)
     return entry
+
+
+def compare_with_mean(runs: list[dict]) -> None:
+    """Per-token whole-run speed over the same model's mean-pooled whole run."""
+    means = {r["model"]: r for r in runs if r["pooling"] == "mean" and r["set"] == "reads"}
+    for run in runs:
+        mean = means.get(run["model"])
+        if run["pooling"] == "per-token" and mean is not None:
+            run["vs_mean_cli"] = round(run["cli_tokens_per_s"] / mean["cli_tokens_per_s"], 3)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -272,6 +294,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cli-only", action="store_true", help="no bare forward or fp32 check (e.g. several GPUs)"
     )
+    parser.add_argument("--note", default="", help="what the report should say of the machine")
     return parser.parse_args(argv)
 
 
@@ -283,13 +306,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     if device.type == "cuda":
         name = f"{torch.cuda.device_count()} x {name}"
-    report = {"device": name, "command": " ".join(sys.argv), "runs": [], "complete": False}
+    report = {
+        "device": name,
+        "command": " ".join(sys.argv),
+        "note": args.note,
+        "runs": [],
+        "complete": False,
+    }
     runs = [settings["runs"][i] for i in args.only] if args.only else settings["runs"]
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         for spec in runs:
             report["runs"].append(one_run(spec, work, args, device))
+            compare_with_mean(report["runs"])
             if args.out:
                 args.out.write_text(json.dumps(report, indent=2) + "\n")
         report["complete"] = True
