@@ -295,6 +295,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cli-only", action="store_true", help="no bare forward or fp32 check (e.g. several GPUs)"
     )
     parser.add_argument("--note", default="", help="what the report should say of the machine")
+    parser.add_argument("--tokens", type=int, help="size of each chosen run's set (smaller runs)")
     return parser.parse_args(argv)
 
 
@@ -314,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "complete": False,
     }
     runs = [settings["runs"][i] for i in args.only] if args.only else settings["runs"]
+    if args.tokens:
+        runs = [(model, kind, pooling, args.tokens) for model, kind, pooling, _ in runs]
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
