@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from virnucpro.infer.packed_layout import PackedLayout
 
+varlen_attn: Callable[..., Any] | None
 try:
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # torch without varlen attention (before 2.9)
@@ -29,7 +31,9 @@ class AttentionBackend(Protocol):
 
     def prepare(self, layout: PackedLayout) -> Any: ...
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepared: Any): ...
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepared: Any
+    ) -> torch.Tensor: ...
 
 
 def varlen_accepts_scale(function: Any) -> bool:
@@ -43,17 +47,20 @@ class VarlenFlashAttention:
 
     name = "varlen"
 
-    def __init__(self, function: Any = None):
-        self._function = function or varlen_attn
-        if self._function is None:
+    def __init__(self, function: Callable[..., Any] | None = None):
+        chosen = function or varlen_attn
+        if chosen is None:
             raise ValueError("this torch has no torch.nn.attention.varlen; use attention='sdpa'")
+        self._function: Callable[..., Any] = chosen
         self._takes_scale = varlen_accepts_scale(self._function)
         self.applies_scale = not self._takes_scale
 
     def prepare(self, layout: PackedLayout) -> PackedLayout:
         return layout
 
-    def attend(self, q, k, v, prepared: PackedLayout):
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepared: PackedLayout
+    ) -> torch.Tensor:
         extra = {"scale": 1.0} if self._takes_scale else {}
         cu, longest = prepared.cu_seqlens, prepared.max_seqlen
         return self._function(q, k, v, cu, cu, longest, longest, **extra)
@@ -72,7 +79,13 @@ class PaddedSDPAAttention:
         key_mask = torch.arange(longest, device=slots.device) < layout.lengths[:, None]
         return slots, key_mask[:, None, None, :], layout.num_sequences, longest
 
-    def attend(self, q, k, v, prepared):
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        prepared: tuple[torch.Tensor, torch.Tensor, int, int],
+    ) -> torch.Tensor:
         slots, key_mask, batch, longest = prepared
         heads, head_dim = q.shape[1], q.shape[2]
 
@@ -94,7 +107,9 @@ class SequenceLoopAttention:
     def prepare(self, layout: PackedLayout) -> list[int]:
         return layout.cu_seqlens.tolist()
 
-    def attend(self, q, k, v, prepared: list[int]):
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prepared: list[int]
+    ) -> torch.Tensor:
         outputs = []
         for start, stop in itertools.pairwise(prepared):
             qs, ks, vs = (x[start:stop].transpose(0, 1) for x in (q, k, v))

@@ -9,7 +9,8 @@ stays inside it. Rotary is applied in fp32 whatever the model's precision.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,57 @@ from virnucpro.infer.packed_layout import PackedLayout, build_layout
 
 _MASK_RATIO_TRAIN = 0.15 * 0.8
 _FINISH_WEIGHTS = 8
+
+_Project = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+_Step = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+_Finish = Callable[..., torch.Tensor]
+_Weights = tuple[torch.Tensor, ...]
+
+
+# The parts of fair-esm's ESM2 the packed forward reads. fair-esm has no type
+# annotations and nn.Module types every submodule attribute as `Tensor | Module`, so the
+# model is viewed through these once, where it comes in.
+class _Affine(Protocol):
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+
+class _LayerNorm(_Affine, Protocol):
+    eps: float
+
+
+class _RotaryEmbedding(Protocol):
+    inv_freq: torch.Tensor
+
+
+class _SelfAttention(Protocol):
+    q_proj: _Affine
+    k_proj: _Affine
+    v_proj: _Affine
+    out_proj: _Affine
+    rot_emb: _RotaryEmbedding
+    num_heads: int
+    head_dim: int
+    scaling: float
+
+
+class _Layer(Protocol):
+    self_attn: _SelfAttention
+    self_attn_layer_norm: _LayerNorm
+    final_layer_norm: _LayerNorm
+    fc1: _Affine
+    fc2: _Affine
+
+
+class _ESM2(Protocol):
+    embed_tokens: torch.nn.Embedding
+    emb_layer_norm_after: Callable[[torch.Tensor], torch.Tensor]
+    layers: Sequence[_Layer]
+    num_layers: int
+    embed_scale: float
+    token_dropout: bool
+    mask_idx: int
+
 
 # torch.compile options per `compile_mode`. "tuned" lets inductor search the launch
 # configs of its layer-norm and pointwise kernels (coordinate descent). On an H200 it
@@ -67,7 +119,9 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
 
 
-def _make_block_functions(num_heads: int, q_scale: float, eps: float):
+def _make_block_functions(
+    num_heads: int, q_scale: float, eps: float
+) -> tuple[_Project, _Step, _Finish]:
     """A transformer block cut at attention, as functions of tensors only, so one
     torch.compile serves every layer (no recompiles per layer).
 
@@ -76,7 +130,19 @@ def _make_block_functions(num_heads: int, q_scale: float, eps: float):
     norm are one compiled region (one pass over the tokens, not two); `finish` closes
     the last block."""
 
-    def project(x, cos, sin, ln_w, ln_b, wq, bq, wk, bk, wv, bv):
+    def project(
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        ln_w: torch.Tensor,
+        ln_b: torch.Tensor,
+        wq: torch.Tensor,
+        bq: torch.Tensor,
+        wk: torch.Tensor,
+        bk: torch.Tensor,
+        wv: torch.Tensor,
+        bv: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tokens, dim = x.shape
         h = F.layer_norm(x, (dim,), ln_w, ln_b, eps)
         q = F.linear(h, wq, bq)
@@ -87,12 +153,29 @@ def _make_block_functions(num_heads: int, q_scale: float, eps: float):
         v = F.linear(h, wv, bv).view(tokens, num_heads, dim // num_heads)
         return q, k, v
 
-    def finish(x, attended, wo, bo, ln_w, ln_b, w1, b1, w2, b2):
+    def finish(
+        x: torch.Tensor,
+        attended: torch.Tensor,
+        wo: torch.Tensor,
+        bo: torch.Tensor,
+        ln_w: torch.Tensor,
+        ln_b: torch.Tensor,
+        w1: torch.Tensor,
+        b1: torch.Tensor,
+        w2: torch.Tensor,
+        b2: torch.Tensor,
+    ) -> torch.Tensor:
         x = x + F.linear(attended.reshape(x.shape), wo, bo)
         h = F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
         return x + F.linear(gelu(F.linear(h, w1, b1)), w2, b2)
 
-    def step(x, attended, cos, sin, *weights):
+    def step(
+        x: torch.Tensor,
+        attended: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        *weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = finish(x, attended, *weights[:_FINISH_WEIGHTS])
         return (x, *project(x, cos, sin, *weights[_FINISH_WEIGHTS:]))
 
@@ -119,7 +202,7 @@ def _mark_tokens_dynamic(*tensors: torch.Tensor) -> None:
         torch._dynamo.maybe_mark_dynamic(tensor, 0)
 
 
-def _layer_weights(layer: torch.nn.Module) -> tuple[tuple, tuple]:
+def _layer_weights(layer: _Layer) -> tuple[_Weights, _Weights]:
     attn = layer.self_attn
     project = (
         layer.self_attn_layer_norm.weight,
@@ -144,7 +227,7 @@ def _layer_weights(layer: torch.nn.Module) -> tuple[tuple, tuple]:
     return project, finish
 
 
-def _shared_inv_freq(model: torch.nn.Module) -> torch.Tensor:
+def _shared_inv_freq(model: _ESM2) -> torch.Tensor:
     """The rotary frequencies every layer stores (float32); one table serves all."""
     stored = [layer.self_attn.rot_emb.inv_freq.detach().float() for layer in model.layers]
     if any(not torch.equal(stored[0], other) for other in stored[1:]):
@@ -178,33 +261,40 @@ class PackedESM2:
                 f"unknown compile_mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}"
             )
         self.model = model
-        reference = model.embed_tokens.weight
+        esm2 = self._esm2 = cast(_ESM2, model)
+        reference = esm2.embed_tokens.weight
         self.device, self.dtype = reference.device, reference.dtype
         self.attention: AttentionBackend = (
             select_attention(attention, self.device, self.dtype)
             if isinstance(attention, str)
             else attention
         )
-        first = model.layers[0]
+        first = esm2.layers[0]
         self.num_heads = first.self_attn.num_heads
         self.head_dim = first.self_attn.head_dim
         q_scale = 1.0 if self.attention.applies_scale else first.self_attn.scaling
-        blocks = _make_block_functions(self.num_heads, q_scale, first.self_attn_layer_norm.eps)
+        project, step, finish = _make_block_functions(
+            self.num_heads, q_scale, first.self_attn_layer_norm.eps
+        )
         if compile:
-            options = COMPILE_MODES[compile_mode]
-            blocks = tuple(torch.compile(block, options=options) for block in blocks)
-        self._project, self._step, self._finish = blocks
+            options: dict[str, str | int | bool | Callable[..., Any]] = dict(
+                COMPILE_MODES[compile_mode]
+            )
+            project = torch.compile(project, options=options)
+            step = torch.compile(step, options=options)
+            finish = torch.compile(finish, options=options)
+        self._project, self._step, self._finish = project, step, finish
         # Marking the token dim dynamic up front compiles once, not once static and
         # again dynamic; weight dims stay static (dynamic=True made every dim symbolic
         # and measured 278K vs 325K tokens/s on 650M, H100).
         self._mark_dynamic = compile
         self._first_compiled_call = compile
-        self._weights = [_layer_weights(layer) for layer in model.layers]
-        self._inv_freq = _shared_inv_freq(model)
+        self._weights = [_layer_weights(layer) for layer in esm2.layers]
+        self._inv_freq = _shared_inv_freq(esm2)
 
     @property
     def num_layers(self) -> int:
-        return self.model.num_layers
+        return self._esm2.num_layers
 
     @torch.inference_mode()
     def __call__(
@@ -241,7 +331,7 @@ class PackedESM2:
             if index + 1 in wanted and index + 1 != self.num_layers:
                 representations[index + 1] = x
         if self.num_layers in wanted:
-            representations[self.num_layers] = self.model.emb_layer_norm_after(x)
+            representations[self.num_layers] = self._esm2.emb_layer_norm_after(x)
         if self._first_compiled_call:
             self._first_compiled_call = False
             quiesce_compile_workers()
@@ -250,7 +340,7 @@ class PackedESM2:
     def _embed(self, input_ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
         """embed_tokens, then fair-esm's token-dropout rescale per sequence: <mask>
         positions zeroed, all scaled by 0.88 / (1 - that sequence's mask ratio)."""
-        model = self.model
+        model = self._esm2
         x = model.embed_scale * model.embed_tokens(input_ids)
         if not model.token_dropout:
             return x
