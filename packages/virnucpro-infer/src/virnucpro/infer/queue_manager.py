@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import torch
@@ -122,7 +123,7 @@ def device_spec(device: int | str | torch.device) -> str:
 class _Worker:
     def __init__(self, state: WorkerState) -> None:
         self.state = state
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: BaseProcess | None = None
         self.conn: Connection | None = None
         self.unit: WorkUnit | None = None
         self.unit_progress = 0
@@ -137,6 +138,20 @@ class _Worker:
         if self.retired or self.process is None:
             return False
         return self.state.device is None or self.state.status is WorkerStatus.PROCESSING
+
+    # Every worker is spawned before it is waited on, served or shut down; these give
+    # its process and pipe end from then on.
+    @property
+    def spawned_process(self) -> BaseProcess:
+        if self.process is None:
+            raise RuntimeError(f"worker {self.state.worker_id} was never spawned")
+        return self.process
+
+    @property
+    def spawned_conn(self) -> Connection:
+        if self.conn is None:
+            raise RuntimeError(f"worker {self.state.worker_id} was never spawned")
+        return self.conn
 
 
 class BatchQueueManager:
@@ -179,7 +194,9 @@ class BatchQueueManager:
         self.devices = [device_spec(d) for d in devices]
         if visible_devices is not None and len(visible_devices) != len(self.devices):
             raise ValueError("visible_devices needs one CUDA_VISIBLE_DEVICES entry per device")
-        self.visible_devices: list[str | None] = list(visible_devices or [None] * len(self.devices))
+        self.visible_devices: list[str | None] = (
+            list(visible_devices) if visible_devices else [None] * len(self.devices)
+        )
         self.worker_kwargs = dict(worker_kwargs or {})
         self.max_failures = max_failures
         self.stall_timeout_s = float(stall_timeout_s)
@@ -269,11 +286,13 @@ class BatchQueueManager:
 
     def _wait_for_workers(self) -> list[_Worker]:
         live = [w for w in self._workers.values() if not w.retired]
-        handles = {}
+        handles: dict[object, _Worker] = {}
+        waitables: list[Connection | int] = []
         for w in live:
-            handles[w.conn] = w
-            handles[w.process.sentinel] = w
-        ready = wait(list(handles), timeout=self._time_to_next_stall())
+            conn, sentinel = w.spawned_conn, w.spawned_process.sentinel
+            handles[conn] = handles[sentinel] = w
+            waitables += (conn, sentinel)
+        ready = wait(waitables, timeout=self._time_to_next_stall())
         return list({id(handles[h]): handles[h] for h in ready}.values())
 
     def _limit_for(self, worker: _Worker) -> float:
@@ -291,7 +310,7 @@ class BatchQueueManager:
         self._kill_stalled(exclude=workers)
         for worker in workers:
             alive = self._drain(worker)
-            if not alive or not worker.process.is_alive():
+            if not alive or not worker.spawned_process.is_alive():
                 self._on_death(worker)
         for worker in self._workers.values():
             self._assign(worker)
@@ -312,7 +331,7 @@ class BatchQueueManager:
                 + (", unit re-queued" if worker.unit is not None else "")
             )
             self._emit("stalled", worker, state.current_unit, detail, seconds=silent)
-            worker.process.kill()
+            worker.spawned_process.kill()
             worker.last_error = f"stalled: no progress for {silent:.0f} s (limit {limit:.0f} s)"
             self._on_death(worker)
 
@@ -325,8 +344,9 @@ class BatchQueueManager:
     def _drain(self, worker: _Worker) -> bool:
         """Handle every message waiting from a worker; False once its pipe has closed."""
         try:
-            while worker.conn.poll():
-                self._handle(worker, worker.conn.recv())
+            conn = worker.spawned_conn
+            while conn.poll():
+                self._handle(worker, conn.recv())
         except (EOFError, OSError):
             return False
         return True
@@ -370,15 +390,16 @@ class BatchQueueManager:
         worker.last_sign_of_life = time.monotonic()
         # A worker that died meanwhile is noticed by its sentinel; its unit is re-queued then.
         with contextlib.suppress(OSError):
-            worker.conn.send(unit)
+            worker.spawned_conn.send(unit)
 
     def _on_death(self, worker: _Worker) -> None:
         # A process in uninterruptible sleep (a hung NFS read) dies only when the call
         # returns; its replacement does not wait for that.
-        worker.process.join(timeout=_REAP_TIMEOUT_S)
+        process = worker.spawned_process
+        process.join(timeout=_REAP_TIMEOUT_S)
         state = worker.state
-        cause = worker.last_error or _exit_cause(worker.process.exitcode)
-        worker.conn.close()
+        cause = worker.last_error or _exit_cause(process.exitcode)
+        worker.spawned_conn.close()
         worker.last_error = ""
         state.consecutive_failures += 1
         state.sequences_done -= worker.unit_progress
@@ -433,12 +454,12 @@ class BatchQueueManager:
                 continue
             if graceful:
                 with contextlib.suppress(OSError):
-                    worker.conn.send(None)
+                    worker.spawned_conn.send(None)
                 worker.process.join(timeout=30)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
-            worker.conn.close()
+            worker.spawned_conn.close()
             if graceful and worker.state.status is not WorkerStatus.FAILED:
                 worker.state.status = WorkerStatus.COMPLETED
 
