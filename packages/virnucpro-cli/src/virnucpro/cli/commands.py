@@ -32,7 +32,7 @@ from virnucpro.cli.report import inspect_report, print_report, report_json
 from virnucpro.cli.reporter import CliReporter
 from virnucpro.cli.signals import GracefulStop
 from virnucpro.cli.summary import print_summary
-from virnucpro.infer.job.config import CHUNK_SIZES, Placement, RunConfig
+from virnucpro.infer.job.config import CHUNK_SIZES, Placement, RunConfig, as_gpu_spec
 from virnucpro.infer.job.errors import MissingInputError, RunStopped
 
 T = TypeVar("T")
@@ -95,7 +95,7 @@ def _placement(
     try:
         return Placement(
             device=device.value,
-            gpus=gpus,
+            gpus=as_gpu_spec(gpus),
             workers=workers,
             processes=processes,
             stall_timeout=stall_timeout,

@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from virnucpro.infer.job.config import Placement, RunConfig
+from virnucpro.infer.job.config import Placement, RunConfig, as_gpu_spec
 from virnucpro.infer.job.engine import resume_job, run_job
 from virnucpro.infer.job.gpus import GpuSpec
 from virnucpro.infer.job.reporting import Reporter, StopFlag, never
@@ -96,7 +96,7 @@ def embed(
     )
     placement = Placement(
         device=device,
-        gpus=gpus,
+        gpus=as_gpu_spec(gpus),
         processes=processes,
         workers=workers,
         stall_timeout=stall_timeout,
@@ -128,7 +128,7 @@ def resume(
     path of the finished result."""
     placement = Placement(
         device=device,
-        gpus=gpus,
+        gpus=as_gpu_spec(gpus),
         processes=processes,
         workers=workers,
         stall_timeout=stall_timeout,

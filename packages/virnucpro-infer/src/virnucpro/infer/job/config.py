@@ -189,19 +189,26 @@ class Placement:
     slowest batch seen)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.gpus, GpuSpec):
-            spec = self.gpus
-            text = spec if isinstance(spec, str) else ",".join(str(g) for g in spec)
-            try:
-                object.__setattr__(self, "gpus", parse_gpu_spec(text))
-            except ValueError as exc:
-                raise ConfigError(f"gpus: {exc}") from None
+        # The field holds a GpuSpec; "0,1" or [0, 1] are still accepted and parsed here.
+        object.__setattr__(self, "gpus", as_gpu_spec(self.gpus))
         _check(self.device in DEVICES, "device", f"one of {DEVICES}")
         _check(self.processes >= 1, "processes", "at least 1")
         _check(self.workers >= 0, "workers", "0 or more")
         _check(self.stall_timeout > 0, "stall_timeout", "more than 0 seconds")
         if not self.gpus.all and self.device == "cpu":
             raise ConfigError("gpus: cannot select GPUs with device cpu")
+
+
+def as_gpu_spec(gpus: str | Sequence[int] | GpuSpec) -> GpuSpec:
+    """``gpus`` for :class:`Placement`: a GpuSpec as it is, ``"all"``, ``"0,1"`` or
+    ``[0, 1]`` parsed; ConfigError when it names no valid GPUs."""
+    if isinstance(gpus, GpuSpec):
+        return gpus
+    text = gpus if isinstance(gpus, str) else ",".join(str(g) for g in gpus)
+    try:
+        return parse_gpu_spec(text)
+    except ValueError as exc:
+        raise ConfigError(f"gpus: {exc}") from None
 
 
 def resolve_layers(layers: Sequence[int] | str | None, num_layers: int) -> tuple[int, ...]:
