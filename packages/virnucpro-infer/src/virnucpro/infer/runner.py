@@ -197,6 +197,7 @@ class AsyncInferenceRunner:
             if self._compute_stream is None:
                 outputs = self._pooled_outputs(staged.batch, staged.input_ids, staged.cu_seqlens)
                 return _Pending(staged.batch, batch_index, outputs, None)
+            assert staged.copied is not None, "with streams, staging records the copy's event"
             with torch.cuda.stream(self._compute_stream):
                 self._compute_stream.wait_event(staged.copied)
                 # Memory allocated on the copy stream is now used on the compute stream.

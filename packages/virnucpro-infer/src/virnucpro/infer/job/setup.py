@@ -303,7 +303,7 @@ def _claim(
     except (CheckpointError, ConfigError):
         stored = None
     differences = _differences(config, stored) if stored is not None else ["no readable manifest"]
-    if differences:
+    if stored is None or differences:
         raise RunDirMismatchError(
             f"{run_dir} already holds another run ({'; '.join(differences)}): "
             f"continue it with `virnucpro resume {run_dir}`, choose another output "
