@@ -22,11 +22,19 @@ def _pytest(session: nox.Session, *paths: str) -> None:
     session.run("pytest", *paths, *session.posargs)
 
 
+# The four packages' sources, typed against the installed dependencies (settings in
+# pyproject.toml's [tool.mypy]).
+MYPY_ARGS = [f"{package}/src" for package in (DATA, CKPT, INFER, CLI)]
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.install(TORCH)
+    session.install(DATA, CKPT, INFER, CLI, "mypy>=1.11")
+    session.run("mypy", *MYPY_ARGS)
 
 
 @nox.session
