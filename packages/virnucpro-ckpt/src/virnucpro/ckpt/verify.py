@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,10 @@ class DatasetDigests:
     def update(self, name: str, values: np.ndarray) -> None:
         self._feed(self._digests[name], np.ascontiguousarray(values).view(np.uint8))
 
-    def update_ids(self, ids: Sequence[str]) -> None:
+    def update_ids(self, ids: Iterable[object]) -> None:
         self.update_strings("ids", ids)
 
-    def update_strings(self, name: str, values: Sequence[str]) -> None:
+    def update_strings(self, name: str, values: Iterable[object]) -> None:
         """Strings are hashed one by one (8-byte length, UTF-8 bytes)."""
         encoded = [str(i).encode("utf-8") for i in values]
         blob = b"".join(len(e).to_bytes(8, "little") + e for e in encoded)
