@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import esm
@@ -18,6 +19,7 @@ from virnucpro.ckpt import open_embeddings
 from virnucpro.infer import Placement, RunConfig, RunStopped, embed, load_model, resume, run_job
 from virnucpro.infer.job.errors import BadInputError, OutputError, RunDirMismatchError
 from virnucpro.infer.job.reporting import LoggingReporter
+from virnucpro.infer.packed import RELEASE_THREAD_NAME
 
 MODEL = "esm2_t6_8M_UR50D"
 SEED = 5
@@ -263,3 +265,25 @@ def test_force_with_bad_input_keeps_the_old_run_in_place(proteins, tmp_path):
         embed(bad, tmp_path / "run", force=True, **TINY)
     assert kept.is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+
+
+def test_a_live_pool_of_compile_workers_is_shut_down_once_the_batches_are_done(proteins, tmp_path):
+    """Inductor's compile processes (a GPU host has a pool of them) are shut down on a
+    background thread when a session's batches are done, so the exit does not wait for
+    them; the run's output is the same."""
+    from torch._inductor import config
+    from torch._inductor.async_compile import AsyncCompile, _pool_set
+
+    with config.patch(compile_threads=2):
+        AsyncCompile.process_pool()
+        AsyncCompile.wait_pool_ready()
+    assert _pool_set
+    output = embed(proteins, tmp_path / "run", **TINY)
+    for thread in threading.enumerate():
+        if thread.name == RELEASE_THREAD_NAME:
+            thread.join()
+    assert not _pool_set
+    expected = fair_esm_means(proteins, 6)
+    with open_embeddings(output) as result:
+        for name, mean in expected.items():
+            np.testing.assert_allclose(result[name], mean, rtol=0, atol=1e-5)

@@ -11,6 +11,7 @@ import torch
 
 from virnucpro.infer.job.devices import DTYPES
 from virnucpro.infer.job.setup import Session
+from virnucpro.infer.packed import release_compile_workers
 from virnucpro.infer.pipeline import CheckpointPolicy, RankOutcome, embed_rank
 from virnucpro.infer.plugins import PluginHost
 from virnucpro.infer.registry import PackedForward
@@ -44,7 +45,7 @@ def embed_batches(
     should_stop: Callable[[], bool],
 ) -> RankOutcome:
     manifest = session.manifest
-    return embed_rank(
+    outcome = embed_rank(
         session.run_dir,
         manifest.to_dict(),
         session.index,
@@ -60,3 +61,7 @@ def embed_batches(
         on_batch=on_batch,
         should_stop=should_stop,
     )
+    # Nothing compiles after the batches: the compile processes stop while the output
+    # is merged, not at exit.
+    release_compile_workers()
+    return outcome
