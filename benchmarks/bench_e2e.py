@@ -13,7 +13,8 @@ the `virnucpro` command, compile and merge included) on a generated reads-like s
 - `steady_tokens_per_s`: tokens between the progress lines at 16% and 96%, over the time
   between them;
 - `startup_s`: start to the first progress line with work done; `merge_s`: the line at
-  100% to exit (the merge and the process's end);
+  100% to the summary (the merge, its check, the checkpoints' removal); `exit_s`: the
+  summary to the process's end;
 - `peak_host_rss_gb`: the largest resident set of any one of the run's processes
   (getrusage in a launcher that runs only this command, so earlier runs do not count);
 - `forward_tokens_per_s`: the packed forward alone in this process (same model, same
@@ -106,8 +107,8 @@ class Timeline:
         self._thread.start()
 
     def _read(self, process: subprocess.Popen, started: float) -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
+        assert process.stdout is not None
+        for line in process.stdout:
             now = time.perf_counter() - started
             self.log.append(f"{now:8.2f} {line.rstrip()}")
             if line.startswith("progress: "):
@@ -128,19 +129,19 @@ LAUNCHER = (
 )
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, Timeline, float, str]:
+def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, Timeline, float]:
     with tempfile.NamedTemporaryFile(suffix=".rss") as rss:
         started = time.perf_counter()
         command = [sys.executable, "-m", "virnucpro.cli", "run", *args]
         process = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, rss.name, *command],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env=env,
         )
         timeline = Timeline(process, started)
-        stdout = process.communicate()[0]
+        process.wait()
         wall = time.perf_counter() - started
         timeline.join()
         if process.returncode != 0:
@@ -148,7 +149,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, Timeline, floa
                 f"virnucpro run failed ({process.returncode}):\n" + "\n".join(timeline.log)
             )
         peak_kib = int(Path(rss.name).read_text())
-    return wall, timeline, peak_kib / 2**20, stdout
+    return wall, timeline, peak_kib / 2**20
 
 
 def steady(points: list[tuple[float, int, int]], tokens_per_sequence: float) -> float | None:
@@ -241,7 +242,7 @@ def one_run(spec: tuple, work: Path, args: argparse.Namespace, device: torch.dev
         cli += ["--store-dtype", "float16"]
     env = {**os.environ, "VIRNUCPRO_PROGRESS_INTERVAL": "1"}
     say(f"run {model} {kind} {pooling}")
-    wall, timeline, peak_gb, _ = run_cli(cli, env)
+    wall, timeline, peak_gb = run_cli(cli, env)
     with open_embeddings(run_dir) as result:
         sequences = len(result)
         tokens = int(np.asarray(result.lengths).sum()) + 2 * sequences
@@ -249,6 +250,7 @@ def one_run(spec: tuple, work: Path, args: argparse.Namespace, device: torch.dev
     points = timeline.points
     first = next((p for p in points if p[1] > 0), None)
     last = next((p for p in points if p[1] == p[2]), None)
+    summary = next((float(line.split()[0]) for line in timeline.log if " done: " in line), None)
     entry = {
         "model": model,
         "set": "reads" if kind == "reads" else "dna",
@@ -259,7 +261,8 @@ def one_run(spec: tuple, work: Path, args: argparse.Namespace, device: torch.dev
         "cli_tokens_per_s": round(tokens / wall),
         "steady_tokens_per_s": steady(points, tokens / max(sequences, 1)),
         "startup_s": round(first[0], 2) if first else None,
-        "merge_s": round(wall - last[0], 2) if last else None,
+        "merge_s": round(summary - last[0], 2) if last and summary else None,
+        "exit_s": round(wall - summary, 2) if summary else None,
         "peak_host_rss_gb": round(peak_gb, 2),
     }
     if kind == "dna":
