@@ -133,10 +133,7 @@ class CheckpointBatch:
             for number, part in enumerate(parts):
                 rows_at = place[bounds[number] : bounds[number + 1]]
                 if is_per_token(name):
-                    own = part.outputs[name + "_offsets"]
-                    rows_at = np.repeat(offsets[rows_at] - own[:-1], np.diff(own)) + np.arange(
-                        own[-1]
-                    )
+                    rows_at = scatter_segments(offsets[rows_at], part.outputs[name + "_offsets"])
                 joined[rows_at] = part.outputs[name]
             outputs[name] = joined
         ids = [i for p in parts for i in p.ids]
@@ -175,6 +172,12 @@ def check_offsets(name: str, offsets: np.ndarray, lengths: np.ndarray) -> None:
         raise ValueError(f"checkpoint batch: {name} must have n+1 entries starting at 0")
     if not np.array_equal(np.diff(offsets), lengths):
         raise ValueError(f"checkpoint batch: {name} steps differ from lengths")
+
+
+def scatter_segments(starts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Row positions that put the ragged segments of ``offsets`` (from 0) one after
+    another, segment i starting at row ``starts[i]``: a scatter's destinations."""
+    return np.repeat(starts - offsets[:-1], np.diff(offsets)) + np.arange(offsets[-1])
 
 
 def gather_segments(offsets: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -145,8 +145,13 @@ def _slices(ds: h5py.Dataset) -> Iterator[np.ndarray]:
 def _hash_array(digest: Any, name: str, value: Any, pieces: Iterator[np.ndarray]) -> None:
     digest.update(f"{name}|{np.dtype(value.dtype).str}|{tuple(value.shape)}|".encode())
     for piece in pieces:
-        # The array's own bytes, not a copy: a 1 GiB checkpoint was copied whole to hash.
-        digest.update(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
+        digest.update(byte_view(piece))
+
+
+def byte_view(values: np.ndarray) -> np.ndarray:
+    """An array's own bytes, flat, to hash (a copy only if it is not contiguous): a
+    ``.tobytes()`` copied each 1 GiB checkpoint whole just to hash it."""
+    return np.ascontiguousarray(values).reshape(-1).view(np.uint8)
 
 
 def _hash_ids(digest: Any, ids: list[str]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import offsets_from_lengths, run_store_dtype
+from virnucpro.ckpt.batch import offsets_from_lengths, run_store_dtype, scatter_segments
 from virnucpro.ckpt.checkpoint_file import validate_checkpoint_hdf5
 from virnucpro.ckpt.errors import InvalidCheckpointError, MergeError
 from virnucpro.ckpt.layout import (
@@ -351,10 +351,9 @@ def _copy_chunk(
         for name, buffer in buffers.items():
             if name in per_token:
                 block = f[name][source.offsets[lo] : source.offsets[hi]]
-                seg = np.diff(source.offsets[lo : hi + 1])
-                dest = offsets[source.indices[lo:hi]] - offsets[start]
-                src = source.offsets[lo:hi] - source.offsets[lo]
-                buffer[np.arange(block.shape[0]) + np.repeat(dest - src, seg)] = block
+                starts = offsets[source.indices[lo:hi]] - offsets[start]
+                own = source.offsets[lo : hi + 1] - source.offsets[lo]
+                buffer[scatter_segments(starts, own)] = block
             else:
                 buffer[where] = f[name][lo:hi]
     ids[start:stop] = id_buffer

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from virnucpro.ckpt.batch import is_offsets, is_per_token, run_store_dtype
-from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS
+from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS, byte_view
 from virnucpro.ckpt.errors import one_line
 from virnucpro.ckpt.layout import MANIFEST_NAME, MERGED_NAME, default_output, output_names
 
@@ -60,7 +60,7 @@ class DatasetDigests:
         self._digests[name] = digest
 
     def update(self, name: str, values: np.ndarray) -> None:
-        self._feed(self._digests[name], np.ascontiguousarray(values).view(np.uint8))
+        self._feed(self._digests[name], byte_view(values))
 
     def update_ids(self, ids: Iterable[object]) -> None:
         self.update_strings("ids", ids)

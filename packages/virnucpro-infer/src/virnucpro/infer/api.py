@@ -94,13 +94,7 @@ def embed(
         output_format=output_format,
         keep_checkpoints=keep_checkpoints,
     )
-    placement = Placement(
-        device=device,
-        gpus=as_gpu_spec(gpus),
-        processes=processes,
-        workers=workers,
-        stall_timeout=stall_timeout,
-    )
+    placement = _placement(device, gpus, processes, workers, stall_timeout)
     return run_job(
         config,
         Path(output),
@@ -126,13 +120,23 @@ def resume(
 ) -> Path:
     """Continue the run in ``run_dir`` from its manifest and checkpoints; return the
     path of the finished result."""
-    placement = Placement(
+    placement = _placement(device, gpus, processes, workers, stall_timeout)
+    return resume_job(
+        Path(run_dir), placement, plugins=plugins, reporter=reporter, should_stop=should_stop
+    ).output
+
+
+def _placement(
+    device: str,
+    gpus: str | Sequence[int] | GpuSpec,
+    processes: int,
+    workers: int,
+    stall_timeout: float,
+) -> Placement:
+    return Placement(
         device=device,
         gpus=as_gpu_spec(gpus),
         processes=processes,
         workers=workers,
         stall_timeout=stall_timeout,
     )
-    return resume_job(
-        Path(run_dir), placement, plugins=plugins, reporter=reporter, should_stop=should_stop
-    ).output
