@@ -1,6 +1,6 @@
 """What --compression saves on embeddings, and what it costs to write: random-weight
 ESM-2 8M embeddings (per-token and mean, float32 and float16) of synthetic proteins,
-computed on the CPU, then written with the merge's own layout (``ckpt.merge.storage``).
+computed on the CPU, then written with the merge's own layout (``ckpt.storage.storage``).
 
     python benchmarks/bench_storage.py [--proteins 2000] [--seed 0]
 
@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from virnucpro.ckpt import open_embeddings
-from virnucpro.ckpt.merge import storage
+from virnucpro.ckpt.storage import storage
 from virnucpro.infer import embed
 
 AMINO = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)

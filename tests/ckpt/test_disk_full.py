@@ -27,7 +27,9 @@ from virnucpro.ckpt import (
     write_manifest,
 )
 from virnucpro.ckpt.checkpoint_file import write_checkpoint_file
-from virnucpro.ckpt.layout import checkpoint_path
+from virnucpro.ckpt.layout import PARTS_DIR, checkpoint_path
+
+from .conftest import merged_in_input_order
 
 WIDTH = 16
 NUM = 600
@@ -65,16 +67,18 @@ def _leftovers(run_dir):
 
 def _assert_merged(path, synthetic, num):
     expected = synthetic.synthetic_batch(np.arange(num), WIDTH)
-    with h5py.File(path, "r") as f:
-        assert f["ids"].asstr()[()].tolist() == expected.ids
-        assert np.array_equal(f["lengths"][()], expected.lengths)
-        for name, value in expected.outputs.items():
-            assert np.array_equal(f[name][()], value), name
+    data, _attrs = merged_in_input_order(path)
+    assert [i.decode() for i in data["ids"]] == expected.ids
+    assert np.array_equal(data["lengths"], expected.lengths)
+    for name, value in expected.outputs.items():
+        assert np.array_equal(data[name], value), name
 
 
 def _run_on(root, synthetic, groups, num=NUM):
+    """Checkpoints of a run that compresses its output, so that its merge copies the
+    per-token values (an uncompressed one links them and writes little)."""
     run_dir = root / "run"
-    manifest = synthetic.manifest_for(num, WIDTH)
+    manifest = {**synthetic.manifest_for(num, WIDTH), "compression": "lzf"}
     write_manifest(run_dir, manifest)
     with AsyncCheckpointWriter(run_dir, manifest) as writer:
         for group in groups:
@@ -136,8 +140,14 @@ CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("small_fs", [1_400_000, 1_700_000, 2 * MIB], indirect=True)
-@pytest.mark.parametrize("what", ["merge", "checkpoint"])
+@pytest.mark.parametrize(
+    ("what", "small_fs"),
+    # A merge that fits in 2 MiB (it writes the pooled values and compressed parts) cannot
+    # meet a full disk there.
+    [("merge", 1_400_000), ("merge", 1_700_000)]
+    + [("checkpoint", size) for size in (1_400_000, 1_700_000, 2 * MIB)],
+    indirect=["small_fs"],
+)
 def test_hdf5_running_out_of_space_mid_write_does_not_crash(small_fs, synthetic, child_env, what):
     """The check before writing is bypassed, so HDF5 itself meets ENOSPC (the old segfault)."""
     run_dir, manifest = _run_on(small_fs, synthetic, np.array_split(np.arange(NUM), 3))
@@ -218,9 +228,9 @@ class _Stub:
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(fail_at=st.integers(1, 60))
-def test_enospc_at_any_write_of_the_merge(make_run, write_rows, synthetic, fail_at):
-    run_dir, manifest = make_run(40, name=f"run-{uuid.uuid4().hex}")
+@given(fail_at=st.integers(1, 80), compression=st.sampled_from(["none", "lzf"]))
+def test_enospc_at_any_write_of_the_merge(make_run, write_rows, synthetic, fail_at, compression):
+    run_dir, manifest = make_run(40, name=f"run-{uuid.uuid4().hex}", compression=compression)
     write_rows(run_dir, manifest, np.array_split(np.random.default_rng(0).permutation(40), 3))
     files = _checkpoints_intact(run_dir, manifest)
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -230,7 +240,8 @@ def test_enospc_at_any_write_of_the_merge(make_run, write_rows, synthetic, fail_
             failed = False
         except DiskFullError as exc:
             failed = True
-            assert str(exc).startswith(f"disk full: cannot write {run_dir / 'embeddings.h5'}")
+            written = (run_dir / "embeddings.h5", run_dir / PARTS_DIR)
+            assert str(exc).startswith(tuple(f"disk full: cannot write {w}" for w in written))
     assert failed == (fail_at <= stub.calls)
     assert _leftovers(run_dir) == []
     assert (run_dir / "embeddings.h5").exists() is not failed

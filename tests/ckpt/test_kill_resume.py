@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from virnucpro.ckpt import inspect_run, resume_from_checkpoints
 
+from .conftest import merged_in_input_order
+
 NUM = 300
 RUN_OPTIONS = ("--num", str(NUM), "--delay-ms", "2")
 
@@ -40,15 +42,8 @@ def _kill(spawn_run, run_dir, options, delay=None, at_temp=False):
     return caught_temp
 
 
-def _datasets(path):
-    with h5py.File(path, "r") as f:
-        names = []
-        f.visit_links(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
-        return {n: f[n][()] for n in names}, dict(f.attrs)
-
-
 def _assert_same(path, reference):
-    data, attrs = _datasets(path)
+    data, attrs = merged_in_input_order(path)
     ref_data, ref_attrs = reference
     assert sorted(data) == sorted(ref_data)
     for name, value in ref_data.items():
@@ -62,7 +57,7 @@ def reference(tmp_path_factory, spawn_run, synthetic):
     """An uninterrupted one-rank run, itself checked against the synthetic function."""
     run_dir = tmp_path_factory.mktemp("reference")
     _finish(spawn_run, run_dir)
-    data, attrs = _datasets(run_dir / "embeddings.h5")
+    data, attrs = merged_in_input_order(run_dir / "embeddings.h5")
     expected = synthetic.synthetic_batch(np.arange(NUM), 16)
     assert [i.decode() for i in data["ids"]] == expected.ids
     for name, value in expected.outputs.items():

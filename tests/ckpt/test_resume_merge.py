@@ -13,19 +13,21 @@ from virnucpro.ckpt import (
     resume_from_checkpoints,
 )
 
+from .conftest import merged_in_input_order
+
 WIDTH = 16
 
 
 def _assert_merged_equals_synthetic(path, synthetic, num):
     expected = synthetic.synthetic_batch(np.arange(num), WIDTH)
-    with h5py.File(path, "r") as f:
-        assert f["ids"].asstr()[()].tolist() == expected.ids
-        assert np.array_equal(f["lengths"][()], expected.lengths)
-        assert np.array_equal(f["truncated"][()], expected.truncated)
-        for name, value in expected.outputs.items():
-            assert np.array_equal(f[name][()], value), name
-        assert np.array_equal(f["embeddings"][()], expected.outputs["layer_4/mean"])
-        assert f.attrs["model"] == '"synthetic"'
+    data, attrs = merged_in_input_order(path)
+    assert [i.decode() for i in data["ids"]] == expected.ids
+    assert np.array_equal(data["lengths"], expected.lengths)
+    assert np.array_equal(data["truncated"], expected.truncated)
+    for name, value in expected.outputs.items():
+        assert np.array_equal(data[name], value), name
+    assert np.array_equal(data["embeddings"], expected.outputs["layer_4/mean"])
+    assert attrs["model"] == '"synthetic"'
 
 
 def test_resume_returns_sorted_unique_done_across_ranks(make_run, write_rows):

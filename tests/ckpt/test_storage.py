@@ -20,7 +20,10 @@ from virnucpro.ckpt import (
     verify_output,
     write_manifest,
 )
-from virnucpro.ckpt.merge import CHUNK_BYTES
+from virnucpro.ckpt.layout import PARTS_DIR
+from virnucpro.ckpt.storage import CHUNK_BYTES
+
+from .conftest import merged_in_input_order
 
 WIDTH = 16
 
@@ -48,6 +51,10 @@ def _run(run_dir, synthetic, num, dtype, compression, width=WIDTH):
     return _cast(synthetic.synthetic_batch(np.arange(num), width), dtype)
 
 
+def _parts(run_dir):
+    return sorted((run_dir / PARTS_DIR).iterdir())
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("compression", ["none", "lzf", "gzip"])
 def test_merged_datasets_keep_dtype_and_compression_and_verify(
@@ -56,42 +63,53 @@ def test_merged_datasets_keep_dtype_and_compression_and_verify(
     run_dir = tmp_path / "run"
     expected = _run(run_dir, synthetic, 40, dtype, compression)
     assert verify_output(run_dir) is None
+    data, _attrs = merged_in_input_order(run_dir / "embeddings.h5")
     with h5py.File(run_dir / "embeddings.h5", "r") as f:
         for layer in synthetic.LAYERS:
-            tokens = f[f"layer_{layer}/per_token"]
-            assert tokens.dtype == dtype
-            assert tokens.chunks[1] == WIDTH
-            assert tokens.chunks[0] * WIDTH * np.dtype(dtype).itemsize <= CHUNK_BYTES
-            assert tokens.compression == (None if compression == "none" else compression)
+            assert f[f"layer_{layer}/per_token"].dtype == dtype
+            assert f[f"layer_{layer}/per_token"].is_virtual
+            assert f[f"layer_{layer}/per_token_spans"].dtype == np.int64
             mean = f[f"layer_{layer}/mean"]
             assert mean.dtype == dtype
             assert mean.compression == (None if compression == "none" else compression)
             assert (mean.chunks is None) == (compression == "none")
-            assert f[f"layer_{layer}/per_token_offsets"].dtype == np.int64
-            assert np.array_equal(tokens[()], expected.outputs[f"layer_{layer}/per_token"])
             assert np.array_equal(mean[()], expected.outputs[f"layer_{layer}/mean"])
+            name = f"layer_{layer}/per_token"
+            assert np.array_equal(data[name], expected.outputs[name])
+    for part in _parts(run_dir):
+        with h5py.File(part, "r") as f:
+            for layer in synthetic.LAYERS:
+                tokens = f[f"layer_{layer}/per_token"]
+                assert tokens.dtype == dtype
+                assert tokens.compression == (None if compression == "none" else compression)
+                if compression != "none":
+                    assert tokens.chunks[1] == WIDTH
+                    assert tokens.chunks[0] * WIDTH * np.dtype(dtype).itemsize <= CHUNK_BYTES
     with open_embeddings(run_dir) as result:
         assert result.store_dtype == dtype
         assert result["prot_3_é"].dtype == dtype
 
 
-def test_wide_per_token_rows_are_cut_into_chunks_of_about_a_mebibyte(tmp_path, synthetic):
+def test_compressed_per_token_rows_are_cut_into_chunks_of_about_a_mebibyte(tmp_path, synthetic):
     run_dir = tmp_path / "run"
     width = 1280
-    _run(run_dir, synthetic, 300, np.float16, "none", width)
-    with h5py.File(run_dir / "embeddings.h5", "r") as f:
+    _run(run_dir, synthetic, 300, np.float16, "lzf", width)
+    with h5py.File(_parts(run_dir)[0], "r") as f:
         tokens = f["layer_4/per_token"]
         assert tokens.chunks == (CHUNK_BYTES // (width * 2), width)
-        assert tokens.shape[0] > 4 * tokens.chunks[0]
-        assert f["layer_4/mean"].chunks is None
+        assert tokens.shape[0] > 2 * tokens.chunks[0]
+    with h5py.File(run_dir / "embeddings.h5", "r") as f:
+        assert f["layer_4/mean"].chunks is not None
 
 
-def test_a_flipped_byte_of_a_compressed_float16_output_is_found(tmp_path, synthetic):
+def test_a_flipped_value_of_a_compressed_float16_part_is_found(tmp_path, synthetic):
     run_dir = tmp_path / "run"
     _run(run_dir, synthetic, 40, np.float16, "gzip")
-    with h5py.File(run_dir / "embeddings.h5", "r+") as f:
+    part = _parts(run_dir)[1]
+    with h5py.File(part, "r+") as f:
         f["layer_2/per_token"][5, 3] = np.float16(7.0)
-    assert "layer_2/per_token is damaged" in verify_output(run_dir)
+    problem = verify_output(run_dir)
+    assert problem.endswith(f"part {PARTS_DIR}/{part.name} is damaged (its data checksum differs)")
 
 
 def test_a_checkpoint_of_another_dtype_is_not_this_runs(tmp_path, synthetic):

@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virnucpro.ckpt import inspect_run, merge_checkpoints, verify_output
+from virnucpro.ckpt.layout import PARTS_DIR
+from virnucpro.ckpt.parts import PARTS_ATTR
 from virnucpro.ckpt.verify import CHECKSUMS_ATTR, DatasetDigests
 
 NUM = 40
@@ -32,15 +34,16 @@ def _flip(path, offset, count=8):
         f.write(bytes(b ^ 0xFF for b in data))
 
 
-def _data_regions(path):
-    """(name, file offset, bytes) of every dataset's contiguous data, aliases once."""
+def _data_regions(path, names=None):
+    """(file, name, file offset, bytes) of every dataset's contiguous data (of ``names``
+    only, if given), aliases once."""
     regions = []
     with h5py.File(path, "r") as f:
-        for name in sorted(json.loads(f.attrs[CHECKSUMS_ATTR])):
+        for name in sorted(names or json.loads(f.attrs[CHECKSUMS_ATTR])):
             ds = f[name]
             offset = ds.id.get_offset()
             if offset is not None and ds.id.get_storage_size() >= 8:
-                regions.append((name, offset, ds.id.get_storage_size()))
+                regions.append((path.name, name, offset, ds.id.get_storage_size()))
     return regions
 
 
@@ -51,9 +54,14 @@ def test_an_intact_output_verifies_and_records_every_dataset(merged):
     assert verify_output(run_dir, full=False) is None
     with h5py.File(path, "r") as f:
         recorded = json.loads(f.attrs[CHECKSUMS_ATTR])
+        parts = json.loads(f.attrs[PARTS_ATTR])
         names = []
         f.visit_links(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
-    assert sorted(recorded) == sorted(n for n in names if n != "embeddings")
+        mapped = sorted(n for n in names if f[n].is_virtual)
+    # Per-token values are the parts' (one per checkpoint), checked by their own checksums.
+    assert mapped == ["layer_2/per_token", "layer_4/per_token"]
+    assert sorted(recorded) == sorted(n for n in names if n != "embeddings" and n not in mapped)
+    assert sorted(parts) == [f"{PARTS_DIR}/part_{n:05d}.h5" for n in range(3)]
     report = inspect_run(run_dir, verify=True)
     assert report["state"] == "complete"
     assert report["output"] == {"path": str(path), "present": True, "problem": None}
@@ -77,17 +85,32 @@ def test_flipped_bytes_in_a_dataset_are_named(merged):
 )
 @given(data=st.data())
 def test_eight_flipped_bytes_anywhere_in_the_data_are_found(merged, tmp_path, data):
-    _run_dir, path = merged
-    regions = _data_regions(path)
-    name, offset, size = data.draw(st.sampled_from(regions))
-    at = data.draw(st.integers(0, size - 8))
+    run_dir, path = merged
     copy = tmp_path / "copy.h5"
     shutil.copyfile(path, copy)
-    _flip(copy, offset + at)
-    problem = verify_output(copy)
+    if not (tmp_path / PARTS_DIR).exists():
+        shutil.copytree(run_dir / PARTS_DIR, tmp_path / PARTS_DIR)
+    parts = sorted((tmp_path / PARTS_DIR).iterdir())
+    regions = _data_regions(copy) + [
+        region
+        for part in parts
+        for region in _data_regions(part, ["ids", "layer_2/per_token", "layer_4/per_token"])
+    ]
+    file, name, offset, size = data.draw(st.sampled_from(regions))
+    at = data.draw(st.integers(0, size - 8))
+    damaged = copy if file == copy.name else tmp_path / PARTS_DIR / file
+    _flip(damaged, offset + at)
+    try:
+        problem = verify_output(copy)
+    finally:
+        _flip(damaged, offset + at)  # the next example starts from intact files
     assert problem is not None and problem.startswith(f"{copy}: ") and "\n" not in problem
-    # The damaged dataset is named, or one whose shape it sets (offsets), or the file.
-    assert name.split("_offsets")[0] in problem or "unreadable" in problem or "damaged" in problem
+    if damaged != copy:
+        assert problem.startswith(f"{copy}: part {PARTS_DIR}/{file} is ")
+        assert "damaged (its data checksum differs)" in problem or "unreadable" in problem
+    else:
+        # The damaged dataset is named, or one whose shape it sets (spans), or the file.
+        assert name.split("_spans")[0] in problem or "unreadable" in problem or "damaged" in problem
 
 
 @pytest.mark.parametrize("keep", [1000, "all but 16"])

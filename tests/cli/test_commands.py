@@ -236,7 +236,8 @@ def test_force_moves_the_old_run_beside_the_run_dir(finished, inputs, tmp_path):
     assert code == 0, err
     (moved,) = tmp_path.glob("run.replaced-*")
     assert f"virnucpro: --force: the previous run in {run_dir} was moved to {moved}" in err
-    assert {p.name for p in moved.iterdir()} == {"manifest.json", "checkpoints", "embeddings.h5"}
+    old = {"manifest.json", "checkpoints", "embeddings.h5", "embeddings_per_token"}
+    assert {p.name for p in moved.iterdir()} == old
     assert manifest(moved) == manifest(source)
     assert not list(run_dir.glob("*replaced*"))
     assert out.splitlines()[0] == "done: 2 sequences"

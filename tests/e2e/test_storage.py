@@ -47,8 +47,11 @@ def test_reads_mode_rows_say_their_read_chunk_and_frame(virnucpro, tmp_path, fas
         assert np.array_equal(result.row_data("nonstandard"), index.nonstandard)
         assert result.store_dtype == np.float16
         assert result.get(result.ids[0], pooling="per_token").dtype == np.float16
-    with h5py.File(run_dir / "embeddings.h5", "r") as f:
-        assert f["layer_6/per_token"].compression == "lzf"
+    parts = sorted((run_dir / "embeddings_per_token").iterdir())
+    assert parts and not (run_dir / "checkpoints").exists()
+    for part in parts:
+        with h5py.File(part, "r") as f:
+            assert f["layer_6/per_token"].compression == "lzf"
 
 
 def test_protein_rows_keep_the_input_length_before_truncation(virnucpro, proteins, tmp_path):

@@ -11,12 +11,18 @@ import numpy as np
 from virnucpro.ckpt.layout import PER_TOKEN
 
 OFFSETS_SUFFIX = f"/{PER_TOKEN}_offsets"
+SPANS_SUFFIX = "_spans"
 VALUES_SUFFIX = f"/{PER_TOKEN}"
 STORE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def is_offsets(name: str) -> bool:
     return name.endswith(OFFSETS_SUFFIX)
+
+
+def is_spans(name: str) -> bool:
+    """The merged file's ``layer_{L}/per_token_spans``."""
+    return name.endswith(VALUES_SUFFIX + SPANS_SUFFIX)
 
 
 def is_per_token(name: str) -> bool:

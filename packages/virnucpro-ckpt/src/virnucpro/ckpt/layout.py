@@ -13,6 +13,9 @@ LOCK_NAME = "run.lock"
 CHECKPOINTS_DIR = "checkpoints"
 QUARANTINE_DIR = "quarantine"
 MERGED_NAME = "embeddings.h5"
+# A per-token output's values: the checkpoints themselves, linked (or copied, when the run
+# compresses) beside the merged file, which maps them; they move with it.
+PARTS_DIR = "embeddings_per_token"
 TEMP_SUFFIX = ".tmp"
 DEFAULT_POOLING = "mean"
 PER_TOKEN = "per_token"
@@ -46,14 +49,26 @@ def offsets_name(layer: int) -> str:
     return f"layer_{layer}/{PER_TOKEN}_offsets"
 
 
-def output_names(layers: Iterable[int], pooling: Iterable[str]) -> list[str]:
-    """Every output dataset a run with these layers and poolings writes, offsets included."""
+def spans_name(layer: int) -> str:
+    return f"layer_{layer}/{PER_TOKEN}_spans"
+
+
+def part_name(number: int) -> str:
+    """A part's path relative to the merged file, as its virtual datasets name it."""
+    return f"{PARTS_DIR}/part_{number:05d}.h5"
+
+
+def output_names(layers: Iterable[int], pooling: Iterable[str], merged: bool = False) -> list[str]:
+    """Every output dataset a checkpoint (or, ``merged``, the merged file) of a run with
+    these layers and poolings holds: a checkpoint's per-token rows come with their
+    offsets (N+1, its rows in order), the merged file's with their spans (N x 2, where
+    each input row lies among the parts)."""
     names = []
     for layer in layers:
         for kind in pooling:
             names.append(pooled_name(layer, kind))
             if kind == PER_TOKEN:
-                names.append(offsets_name(layer))
+                names.append(spans_name(layer) if merged else offsets_name(layer))
     return sorted(names)
 
 

@@ -1,8 +1,10 @@
 """Stream every checkpoint into RUN_DIR/embeddings.h5 in input order, in bounded memory.
 
-Bookkeeping is O(N) small integers (which file holds each row); embeddings pass
-through a buffer of at most ``memory_budget_bytes``. Each checkpoint's rows are sorted
-by input index, so the rows of an output chunk are one contiguous slice per file.
+Bookkeeping is O(N) small integers (which file holds each row); pooled embeddings and
+ids pass through a buffer of at most ``memory_budget_bytes``. Each checkpoint's rows are
+sorted by input index, so the rows of an output chunk are one contiguous slice per file.
+Per-token values are not copied: the checkpoints become the output's parts
+(:mod:`virnucpro.ckpt.parts`) and the merged file maps them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import offsets_from_lengths, run_store_dtype, scatter_segments
+from virnucpro.ckpt.batch import (
+    SPANS_SUFFIX,
+    is_per_token,
+    is_spans,
+    offsets_from_lengths,
+    run_store_dtype,
+)
 from virnucpro.ckpt.checkpoint_file import validate_checkpoint_hdf5
 from virnucpro.ckpt.errors import InvalidCheckpointError, MergeError
 from virnucpro.ckpt.layout import (
@@ -33,7 +41,9 @@ from virnucpro.ckpt.layout import (
     output_names,
 )
 from virnucpro.ckpt.manifest import read_manifest
-from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, write_hdf5_atomically
+from virnucpro.ckpt.parts import PARTS_ATTR, publish_parts
+from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, check_space, write_hdf5_atomically
+from virnucpro.ckpt.storage import storage
 from virnucpro.ckpt.verify import (
     CHECKSUMS_ATTR,
     MAIN_ALIAS,
@@ -45,10 +55,6 @@ from virnucpro.ckpt.verify import (
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 MAX_OPEN_FILES = 64
 VALIDATION_THREADS = min(8, os.cpu_count() or 1)
-# At most HDF5's default chunk cache (1 MiB per dataset), so a reader keeps the chunk it
-# decompressed for the next protein, and reading one protein touches a few chunks.
-CHUNK_BYTES = 2**20
-COMPRESSIONS = ("none", "lzf", "gzip")
 ROW_DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_NAMES = frozenset({*ROW_NAMES, MAIN_ALIAS, "indices"})
 
@@ -73,7 +79,8 @@ def merge_checkpoints(
     row is named in the error. ``rows``: more per-row datasets (N values each, input
     order; strings or numbers), written beside ``lengths`` with their digests. Too
     little free space raises DiskFullError (checked first, and again if the disk
-    fills while writing); no temporary file is left.
+    fills while writing); no temporary file is left. A run with per-token outputs
+    also gets its parts, ``RUN_DIR/embeddings_per_token/``, which the file maps.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -81,18 +88,25 @@ def merge_checkpoints(
     extra = _row_datasets(rows or {}, total)
     sources = _load_sources(run_dir, manifest, verify_checksum)
     lengths, truncated = _locate_rows(sources, total)
-    names = output_names(manifest["layers"], manifest["pooling"])
+    names = output_names(manifest["layers"], manifest["pooling"], merged=True)
     final = run_dir / MERGED_NAME
     tmp = run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
+    needed = merged_size(manifest, names, lengths, sources) + _rows_size(extra)
+    check_space(final, needed)
+    parts: dict[str, str] = {}
+    if any(is_per_token(n) for n in names):
+        # An earlier output maps the parts about to be replaced: it goes first.
+        final.unlink(missing_ok=True)
+        compression = manifest.get("compression") or "none"
+        parts = publish_parts(run_dir, [s.path for s in sources], compression)
 
     def fill(out: h5py.File) -> None:
         with _FileCache() as cache:
             _write_merged(
-                out, manifest, names, sources, lengths, truncated, cache, memory_budget_bytes
+                out, manifest, names, sources, lengths, truncated, parts, cache, memory_budget_bytes
             )
         _write_rows(out, extra)
 
-    needed = merged_size(manifest, names, lengths, sources) + _rows_size(extra)
     write_hdf5_atomically(final, tmp, fill, needed)
     return final
 
@@ -143,22 +157,26 @@ def _write_rows(out: h5py.File, rows: Mapping[str, np.ndarray]) -> None:
 def merged_size(
     manifest: Mapping[str, Any], names: list[str], lengths: np.ndarray, sources: list[_Source]
 ) -> int:
-    """About how many bytes the merged file takes: the float outputs, the row datasets,
-    the ids (their bytes in the checkpoints) and HDF5's own overhead."""
+    """About how many bytes the merged file takes: the pooled outputs, the per-token
+    spans (and, when the run compresses, its parts: copies, where links cost nothing),
+    the row datasets, the ids (their bytes in the checkpoints) and HDF5's own overhead."""
     width = int(manifest["embed_dim"])
     itemsize = run_store_dtype(manifest).itemsize
     rows, tokens = lengths.shape[0], int(lengths.sum())
-    values = sum(
-        (tokens if n.endswith("/per_token") else rows) * width * itemsize
-        for n in names
-        if not n.endswith("_offsets")
-    )
-    offsets = sum(8 * (rows + 1) for n in names if n.endswith("_offsets"))
+    copied = (manifest.get("compression") or "none") != "none"
+    values = 0
+    for name in names:
+        if is_spans(name):
+            values += 16 * rows
+        elif not is_per_token(name):
+            values += rows * width * itemsize
+        elif copied:
+            values += tokens * width * itemsize
     ids = 0
     for source in sources:
         with h5py.File(source.path, "r") as f:
             ids += f["ids"].id.get_storage_size() + 2 * source.indices.shape[0] * 16
-    return values + offsets + rows * 9 + ids + HDF5_OVERHEAD_BYTES
+    return values + rows * 9 + ids + HDF5_OVERHEAD_BYTES
 
 
 def _load_sources(
@@ -220,13 +238,16 @@ def _write_merged(
     sources: list[_Source],
     lengths: np.ndarray,
     truncated: np.ndarray,
+    parts: Mapping[str, str],
     cache: _FileCache,
     budget: int,
 ) -> None:
     # Half the budget for the chunk being copied, half for the one still being hashed.
     digests = DatasetDigests(max_pending_bytes=max(1, budget // 2))
     try:
-        _fill_merged(out, manifest, names, sources, lengths, truncated, cache, budget, digests)
+        _fill_merged(
+            out, manifest, names, sources, lengths, truncated, parts, cache, budget, digests
+        )
     finally:
         digests.close()
 
@@ -238,6 +259,7 @@ def _fill_merged(
     sources: list[_Source],
     lengths: np.ndarray,
     truncated: np.ndarray,
+    parts: Mapping[str, str],
     cache: _FileCache,
     budget: int,
     digests: DatasetDigests,
@@ -245,100 +267,90 @@ def _fill_merged(
     total = lengths.shape[0]
     width = int(manifest["embed_dim"])
     dtype = run_store_dtype(manifest)
-    offsets = offsets_from_lengths(lengths)
-    pooled = [n for n in names if not n.endswith("/per_token") and not n.endswith("_offsets")]
-    per_token = [n for n in names if n.endswith("/per_token")]
+    pooled = [n for n in names if not is_per_token(n) and not is_spans(n)]
+    per_token = [n for n in names if is_per_token(n)]
     ids = out.create_dataset("ids", shape=(total,), dtype=h5py.string_dtype("utf-8"))
     digests.start("ids", ids.dtype, ids.shape)
     whole = {"lengths": lengths, "truncated": truncated}
-    whole.update({name + "_offsets": offsets for name in per_token})
+    if per_token:
+        spans = _spans(sources, total)
+        whole.update({name + SPANS_SUFFIX: spans for name in per_token})
     compression = manifest.get("compression") or "none"
     targets = {}
-    for name in [*pooled, *per_token]:
-        shape = (int(offsets[-1]) if name in per_token else total, width)
-        layout = storage(shape, dtype, compression, name in per_token)
-        targets[name] = out.create_dataset(name, shape=shape, dtype=dtype, **layout)
+    for name in pooled:
+        layout = storage((total, width), dtype, compression, per_token=False)
+        targets[name] = out.create_dataset(name, shape=(total, width), dtype=dtype, **layout)
     for name, data in whole.items():
         digests.start(name, data.dtype, data.shape)
         digests.update(name, data)
         out.create_dataset(name, data=data)
     for name, ds in targets.items():
         digests.start(name, ds.dtype, ds.shape)
-    row_bytes = width * dtype.itemsize
-    for start, stop in _chunks(offsets, row_bytes, len(pooled), bool(per_token), budget // 2):
-        _copy_chunk(start, stop, sources, offsets, targets, ids, per_token, cache, digests)
+    for start, stop in _chunks(total, width * dtype.itemsize * max(1, len(pooled)), budget // 2):
+        _copy_chunk(start, stop, sources, targets, ids, cache, digests)
+    for name in per_token:
+        _map_parts(out, name, sources, list(parts), width, dtype)
     main = default_output(manifest["layers"], manifest["pooling"])
     if main is not None:
         out["embeddings"] = out[main]
     for key, value in manifest.items():
         out.attrs[key] = json.dumps(value)
+    if parts:
+        out.attrs[PARTS_ATTR] = json.dumps(dict(parts))
     # Written last: a file carrying digests was written to the end.
     out.attrs[CHECKSUMS_ATTR] = json.dumps(digests.hexdigests())
 
 
-def storage(
-    shape: tuple[int, int], dtype: np.dtype, compression: str, per_token: bool
-) -> dict[str, Any]:
-    """How an embedding dataset is laid out (``create_dataset`` keywords).
-
-    Per-token datasets are chunked in blocks of whole rows of at most CHUNK_BYTES, so
-    one protein's rows read without touching the rest of the file. Pooled datasets stay
-    contiguous unless compressed (HDF5 compresses only chunked data): reading all N
-    rows at once, the common use, is then one sequential read with no chunk index.
-    """
-    if compression not in COMPRESSIONS:
-        raise MergeError(f"unknown compression {compression!r} (known: {', '.join(COMPRESSIONS)})")
-    total, width = shape
-    if (compression == "none" and not per_token) or total == 0:
-        return {}
-    rows = min(total, max(1, CHUNK_BYTES // max(1, width * dtype.itemsize)))
-    # No chunk cache while writing: every write reaches the disk at once, so a full
-    # disk fails that write (a cached chunk flushed when h5py frees the dataset would
-    # meet ENOSPC where HDF5 ignores it and crashes, as the sieve buffer would).
-    uncached = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
-    uncached.set_chunk_cache(0, 0, 1.0)
-    layout: dict[str, Any] = {"chunks": (rows, width), "dapl": uncached}
-    if compression != "none":
-        layout["compression"] = compression
-    return layout
+def _spans(sources: list[_Source], total: int) -> np.ndarray:
+    """Where each input row's per-token values lie among the parts, laid end to end in
+    source order: ``[start, stop)`` per row."""
+    spans = np.zeros((total, 2), dtype=np.int64)
+    base = 0
+    for source in sources:
+        spans[source.indices, 0] = base + source.offsets[:-1]
+        spans[source.indices, 1] = base + source.offsets[1:]
+        base += int(source.offsets[-1])
+    return spans
 
 
-def _chunks(
-    offsets: np.ndarray, row_bytes: int, num_pooled: int, has_per_token: bool, budget: int
-) -> list[tuple[int, int]]:
+def _map_parts(
+    out: h5py.File,
+    name: str,
+    sources: list[_Source],
+    parts: list[str],
+    width: int,
+    dtype: np.dtype,
+) -> None:
+    """``name`` as a virtual dataset: part after part, each part's own rows of it. A
+    value whose part is missing reads as NaN, never as a plausible zero (the reader and
+    the check refuse a file with a missing part before that)."""
+    tokens = [int(source.offsets[-1]) for source in sources]
+    layout = h5py.VirtualLayout(shape=(sum(tokens), width), dtype=dtype)
+    base = 0
+    for part, count in zip(parts, tokens, strict=True):
+        if count:
+            layout[base : base + count] = h5py.VirtualSource(part, name, shape=(count, width))
+        base += count
+    out.create_virtual_dataset(name, layout, fillvalue=np.nan)
+
+
+def _chunks(total: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:
     """Row ranges whose buffers fit the budget (at least one row each)."""
-    total = offsets.shape[0] - 1
-    row_cap = max(1, budget // max(1, row_bytes * max(1, num_pooled)))
-    token_cap = max(1, budget // max(1, row_bytes))
-    ranges = []
-    start = 0
-    while start < total:
-        stop = min(total, start + row_cap)
-        if has_per_token:
-            fit = int(np.searchsorted(offsets, offsets[start] + token_cap, side="right")) - 1
-            stop = max(start + 1, min(stop, fit))
-        ranges.append((start, stop))
-        start = stop
-    return ranges
+    step = max(1, budget // max(1, row_bytes))
+    return [(start, min(total, start + step)) for start in range(0, total, step)]
 
 
 def _copy_chunk(
     start: int,
     stop: int,
     sources: list[_Source],
-    offsets: np.ndarray,
     targets: dict[str, h5py.Dataset],
     ids: h5py.Dataset,
-    per_token: list[str],
     cache: _FileCache,
     digests: DatasetDigests,
 ) -> None:
     buffers = {
-        name: np.empty(
-            (offsets[stop] - offsets[start] if name in per_token else stop - start, ds.shape[1]),
-            dtype=ds.dtype,
-        )
-        for name, ds in targets.items()
+        name: np.empty((stop - start, ds.shape[1]), dtype=ds.dtype) for name, ds in targets.items()
     }
     id_buffer = np.empty(stop - start, dtype=object)
     for source in sources:
@@ -349,21 +361,12 @@ def _copy_chunk(
         where = source.indices[lo:hi] - start
         id_buffer[where] = f["ids"].asstr()[lo:hi]
         for name, buffer in buffers.items():
-            if name in per_token:
-                block = f[name][source.offsets[lo] : source.offsets[hi]]
-                starts = offsets[source.indices[lo:hi]] - offsets[start]
-                own = source.offsets[lo : hi + 1] - source.offsets[lo]
-                buffer[scatter_segments(starts, own)] = block
-            else:
-                buffer[where] = f[name][lo:hi]
+            buffer[where] = f[name][lo:hi]
     ids[start:stop] = id_buffer
     digests.update_ids(id_buffer)
     for name, buffer in buffers.items():
         digests.update(name, buffer)
-        if name in per_token:
-            targets[name][offsets[start] : offsets[stop]] = buffer
-        else:
-            targets[name][start:stop] = buffer
+        targets[name][start:stop] = buffer
 
 
 class _FileCache:

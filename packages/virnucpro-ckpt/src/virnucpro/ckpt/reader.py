@@ -24,15 +24,16 @@ from virnucpro.ckpt.layout import (
     DEFAULT_POOLING,
     MERGED_NAME,
     PER_TOKEN,
-    offsets_name,
     pooled_name,
+    spans_name,
 )
+from virnucpro.ckpt.parts import PARTS_ATTR, check_parts
 from virnucpro.ckpt.verify import CHECKSUMS_ATTR, ROWS_ATTR
 
 LAYER_GROUP = re.compile(r"^layer_(?P<layer>\d+)$")
 SHOWN_IDS = 3
 # Attributes about the file itself, not the run's configuration.
-FILE_ATTRS = frozenset({CHECKSUMS_ATTR, ROWS_ATTR})
+FILE_ATTRS = frozenset({CHECKSUMS_ATTR, ROWS_ATTR, PARTS_ATTR})
 
 
 def open_embeddings(path: str | Path) -> Embeddings:
@@ -76,9 +77,7 @@ class Embeddings:
                 f" open the run directory's {MERGED_NAME}"
             )
         outputs = {
-            int(match["layer"]): tuple(
-                sorted(n for n in handle[name] if n != f"{PER_TOKEN}_offsets")
-            )
+            int(match["layer"]): tuple(sorted(n for n in handle[name] if n != f"{PER_TOKEN}_spans"))
             for name in handle
             if (match := LAYER_GROUP.match(name)) and isinstance(handle[name], h5py.Group)
         }
@@ -88,6 +87,10 @@ class Embeddings:
                 f"{self.path} is not a virnucpro embeddings file (it needs ids and"
                 f" layer_<L> groups; it holds {held})"
             )
+        # A missing part would read as NaN rows: refuse the file at once instead.
+        missing = check_parts(self.path, handle, _decode(handle.attrs.get(PARTS_ATTR, "{}")), False)
+        if missing is not None:
+            raise EmbeddingsFileError(missing)
         self._outputs = dict(sorted(outputs.items()))
         self.layers: tuple[int, ...] = tuple(self._outputs)
         self.poolings: tuple[str, ...] = tuple(sorted(set().union(*self._outputs.values())))
@@ -148,7 +151,7 @@ class Embeddings:
         layer, kind = self._output(layer, pooling)
         row = self._row(id)
         if kind == PER_TOKEN:
-            start, stop = self._file[offsets_name(layer)][row : row + 2]
+            start, stop = self._file[spans_name(layer)][row]
             values = self._file[pooled_name(layer, kind)][start:stop]
         else:
             values = self._file[pooled_name(layer, kind)][row]

@@ -26,7 +26,40 @@ ROW_BYTES = 128
 
 
 def output_bytes(manifest: Mapping[str, Any], lengths: np.ndarray) -> int:
-    """About the size of the merged output of a run over sequences of ``lengths``."""
+    """About the size of the merged output of a run over sequences of ``lengths``,
+    its per-token parts included."""
+    return sum(_output_shares(manifest, lengths))
+
+
+def check_run_space(run_dir: Path, manifest: Mapping[str, Any], lengths: np.ndarray) -> int:
+    """Raise DiskFullError, in one line, when ``run_dir``'s filesystem has less free
+    space than the run's output plus its checkpoints; return the bytes needed.
+
+    Per-token values are on the disk once: the checkpoints become the output's parts
+    (linked; copied only when the run compresses its output)."""
+    copied, per_token = _output_shares(manifest, lengths)
+    compressed = (manifest.get("compression") or "none") != "none"
+    needed = 2 * copied + (2 if compressed else 1) * per_token
+    where = Path(run_dir)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise DiskFullError(
+            f"not enough disk space for this run in {run_dir}: it needs about "
+            f"{human_size(needed)} (its output about {human_size(copied + per_token)} and "
+            f"its checkpoints), the filesystem has {human_size(free)} free; free space, "
+            "choose another --output, or store less (--store-dtype float16, fewer layers "
+            "or poolings)",
+            run_dir,
+            needed,
+        )
+    return needed
+
+
+def _output_shares(manifest: Mapping[str, Any], lengths: np.ndarray) -> tuple[int, int]:
+    """Bytes of the merged file (written by the merge) and of the per-token values
+    (the checkpoints' own, which become the output's parts)."""
     width = int(manifest["embed_dim"])
     itemsize = run_store_dtype(manifest).itemsize
     layers = len(manifest["layers"])
@@ -36,29 +69,7 @@ def output_bytes(manifest: Mapping[str, Any], lengths: np.ndarray) -> int:
     truncating = manifest.get("long", "truncate") == "truncate" and cut > 0
     residues = int(np.minimum(lengths, cut).sum() if truncating else lengths.sum())
     pooled = sum(1 for p in poolings if p != PER_TOKEN)
-    size = rows * width * itemsize * layers * pooled + rows * ROW_BYTES + HDF5_OVERHEAD_BYTES
-    if PER_TOKEN in poolings:
-        size += layers * (residues * width * itemsize + 8 * (rows + 1))
-    return size
-
-
-def check_run_space(run_dir: Path, manifest: Mapping[str, Any], lengths: np.ndarray) -> int:
-    """Raise DiskFullError, in one line, when ``run_dir``'s filesystem has less free
-    space than the run's output plus its checkpoints; return the bytes needed."""
-    output = output_bytes(manifest, lengths)
-    needed = 2 * output
-    where = Path(run_dir)
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    free = shutil.disk_usage(where).free
-    if free < needed:
-        raise DiskFullError(
-            f"not enough disk space for this run in {run_dir}: it needs about "
-            f"{human_size(needed)} (embeddings.h5 about {human_size(output)}, as much again "
-            f"for checkpoints while both exist), the filesystem has {human_size(free)} free; "
-            "free space, choose another --output, or store less (--store-dtype float16, "
-            "fewer layers or poolings)",
-            run_dir,
-            needed,
-        )
-    return needed
+    merged = rows * width * itemsize * layers * pooled + rows * ROW_BYTES + HDF5_OVERHEAD_BYTES
+    if PER_TOKEN not in poolings:
+        return merged, 0
+    return merged + layers * 16 * rows, layers * residues * width * itemsize

@@ -8,6 +8,7 @@ the output). Quarantine keeps damaged finished files, never temporaries.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Collection
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from virnucpro.ckpt.layout import (
     CHECKPOINT_NAME,
     MANIFEST_NAME,
     MERGED_NAME,
+    PARTS_DIR,
     QUARANTINE_DIR,
     TEMP_SUFFIX,
     iter_rank_dirs,
@@ -28,7 +30,8 @@ _QUARANTINED_TEMP = re.compile(
 
 
 def remove_stale_temporaries(run_dir: Path, keep_sessions: Collection[str] = ()) -> list[Path]:
-    """Remove every temporary file of the run's merges, manifest and checkpoints; return them.
+    """Remove every temporary file of the run's merges (and a merge's unfinished folder
+    of parts), manifest and checkpoints; return them.
 
     Call it while holding the RunLock and before any writer of this process starts:
     then no live process owns them. ``keep_sessions``: sessions whose checkpoint
@@ -49,6 +52,9 @@ def remove_stale_temporaries(run_dir: Path, keep_sessions: Collection[str] = ())
     for path in found:
         if path.is_file():
             path.unlink()
+            removed.append(path)
+        elif path.is_dir() and path.name.startswith(f".{PARTS_DIR}."):
+            shutil.rmtree(path)
             removed.append(path)
     for directory in {p.parent for p in removed}:
         fsync_dir(directory)

@@ -10,7 +10,8 @@ by the disk's read speed (tens of seconds on NVMe), not by the hash.
 
 A digest covers a dataset's name, dtype, shape and its values in row order; ids are
 hashed element by element (8-byte length, UTF-8 bytes), so slices hash the same as
-the whole.
+the whole. Per-token values live in the output's parts, which are checked against
+their own data checksums instead (:mod:`virnucpro.ckpt.parts`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import is_offsets, is_per_token, run_store_dtype
+from virnucpro.ckpt.batch import is_per_token, is_spans, run_store_dtype
 from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS, byte_view
 from virnucpro.ckpt.errors import one_line
 from virnucpro.ckpt.layout import MANIFEST_NAME, MERGED_NAME, default_output, output_names
+from virnucpro.ckpt.parts import PARTS_ATTR, check_parts
 
 CHECKSUMS_ATTR = "dataset_sha256"
 ROWS_ATTR = "row_datasets"
@@ -101,9 +103,9 @@ def verify_output(target: Path, full: bool = True) -> str | None:
 
     ``target``: a run directory (its ``embeddings.h5`` is checked against its manifest)
     or an ``.h5`` file. Always checked: the file opens, every expected dataset is there
-    with the shape the run implies. ``full`` also reads every dataset and compares its
-    sha256 with the recorded one. An output written before digests were recorded is
-    checked for structure only.
+    with the shape the run implies, every per-token part is there. ``full`` also reads
+    every dataset and part and compares its sha256 with the recorded one. An output
+    written before digests were recorded is checked for structure only.
     """
     target = Path(target)
     path = target / MERGED_NAME if target.is_dir() else target
@@ -138,6 +140,8 @@ def _check(
             if key in run_manifest and attrs[key] != run_manifest[key]:
                 return f"{path}: {key} {attrs[key]!r} differs from the run's {run_manifest[key]!r}"
     problem = _check_structure(f, path, attrs)
+    if problem is None:
+        problem = check_parts(path, f, attrs.get(PARTS_ATTR, {}), full)
     if problem is not None or not full or CHECKSUMS_ATTR not in attrs:
         return problem
     recorded = attrs[CHECKSUMS_ATTR]
@@ -152,7 +156,7 @@ def _check(
 def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str | None:
     total, width = int(attrs["num_sequences"]), int(attrs["embed_dim"])
     row_names = [*ROW_NAMES, *attrs.get(ROWS_ATTR, [])]
-    expected = sorted([*row_names, *output_names(attrs["layers"], attrs["pooling"])])
+    expected = sorted([*row_names, *output_names(attrs["layers"], attrs["pooling"], True)])
     present = sorted(n for n in _dataset_links(f) if n != MAIN_ALIAS)
     if present != expected:
         missing = sorted(set(expected) - set(present))
@@ -160,23 +164,41 @@ def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str 
         return f"{path}: datasets missing {missing or 'none'}, unexpected {extra or 'none'}"
     shapes: dict[str, tuple[int, ...]] = {name: (total,) for name in row_names}
     for name in expected:
-        if is_offsets(name):
-            shapes[name] = (total + 1,)
+        if is_spans(name):
+            shapes[name] = (total, 2)
         elif is_per_token(name):
-            offsets = f[name + "_offsets"]
-            tokens = int(offsets[-1]) if offsets.shape == (total + 1,) else -1
-            shapes[name] = (tokens, width)
+            problem = _check_spans(f, path, name, total)
+            if problem is not None:
+                return problem
+            shapes[name] = (int(f["lengths"][()].sum()), width)
         elif name not in row_names:
             shapes[name] = (total, width)
     dtype = run_store_dtype(attrs)
     for name, shape in shapes.items():
         if f[name].shape != shape:
             return f"{path}: {name} has shape {f[name].shape}, expected {shape}"
-        if name not in row_names and not is_offsets(name) and f[name].dtype != dtype:
+        if name not in row_names and not is_spans(name) and f[name].dtype != dtype:
             return f"{path}: {name} is {f[name].dtype}, the run stores {dtype}"
     main = default_output(attrs["layers"], attrs["pooling"])
     if main is not None and (MAIN_ALIAS not in f or f[MAIN_ALIAS] != f[main]):
         return f"{path}: {MAIN_ALIAS} is not the same dataset as {main}"
+    return None
+
+
+def _check_spans(f: h5py.File, path: Path, name: str, total: int) -> str | None:
+    """Each row's span is as long as the row and the spans tile the values: no token
+    row read by two input rows, none left out."""
+    spans, lengths = f[name + "_spans"], f["lengths"]
+    if spans.shape != (total, 2) or lengths.shape != (total,):
+        return f"{path}: {name}_spans has shape {spans.shape}, expected ({total}, 2)"
+    starts, stops = spans[()].T
+    if not np.array_equal(stops - starts, lengths[()]):
+        return f"{path}: {name}_spans do not match the rows' lengths"
+    # Spans as long as the values, inside them and disjoint tile them exactly.
+    firsts, lasts = np.sort(starts), np.sort(stops)
+    inside = not firsts.size or (firsts[0] >= 0 and lasts[-1] <= int(lengths[()].sum()))
+    if not inside or np.any(firsts[1:] < lasts[:-1]):
+        return f"{path}: {name}_spans overlap or reach past the values"
     return None
 
 

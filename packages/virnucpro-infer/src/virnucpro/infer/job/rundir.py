@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from virnucpro.ckpt.layout import PARTS_DIR
 from virnucpro.infer.job.errors import RunStopped
 
-RUN_FILES = ("manifest.json", "checkpoints", "quarantine", "embeddings.h5", "spool")
+RUN_FILES = ("manifest.json", "checkpoints", "quarantine", "embeddings.h5", PARTS_DIR, "spool")
 """What makes a directory a used run directory (``run.lock`` alone does not)."""
 
 

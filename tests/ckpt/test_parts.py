@@ -1,0 +1,123 @@
+"""A per-token output's parts: the checkpoints themselves, linked beside the merged file.
+
+The output must outlive its checkpoints, move with its folder, refuse to read with a
+part missing (a virtual dataset would silently read NaN), and be rebuilt whole by a
+second merge; filesystems without hard links get copies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from virnucpro.ckpt import (
+    EmbeddingsFileError,
+    merge_checkpoints,
+    open_embeddings,
+    remove_stale_temporaries,
+    verify_output,
+)
+from virnucpro.ckpt.layout import PARTS_DIR
+
+from .conftest import merged_in_input_order
+
+NUM = 30
+
+
+@pytest.fixture
+def run(make_run, write_rows):
+    run_dir, manifest = make_run(NUM)
+    order = np.random.default_rng(4).permutation(NUM)
+    write_rows(run_dir, manifest, np.array_split(order[::2], 2), rank=0, world_size=2)
+    write_rows(run_dir, manifest, [order[1::2]], rank=1, world_size=2)
+    return run_dir
+
+
+def _checkpoints(run_dir):
+    return sorted(run_dir.glob("checkpoints/rank_*/*.h5"))
+
+
+def _per_token(run_dir, synthetic, layer=2):
+    expected = synthetic.synthetic_batch(np.arange(NUM), 16)
+    offsets = expected.outputs[f"layer_{layer}/per_token_offsets"]
+    values = expected.outputs[f"layer_{layer}/per_token"]
+    with open_embeddings(run_dir) as e:
+        for row, name in enumerate(expected.ids):
+            got = e.get(name, layer, "per_token")
+            assert np.array_equal(got, values[offsets[row] : offsets[row + 1]]), name
+
+
+def test_parts_are_the_checkpoints_and_outlive_them(run, synthetic):
+    checkpoints = _checkpoints(run)
+    merge_checkpoints(run)
+    parts = sorted((run / PARTS_DIR).iterdir())
+    assert [p.name for p in parts] == ["part_00000.h5", "part_00001.h5", "part_00002.h5"]
+    assert all(os.path.samefile(p, c) for p, c in zip(parts, checkpoints, strict=True))
+    before = merged_in_input_order(run / "embeddings.h5")
+    shutil.rmtree(run / "checkpoints")
+    assert verify_output(run) is None
+    after = merged_in_input_order(run / "embeddings.h5")
+    assert sorted(after[0]) == sorted(before[0]) and after[1] == before[1]
+    assert all(np.array_equal(after[0][n], v) for n, v in before[0].items())
+    _per_token(run, synthetic)
+
+
+def test_the_output_moves_with_its_folder(run, synthetic, tmp_path):
+    merge_checkpoints(run)
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    os.rename(run, moved)
+    assert verify_output(moved) is None
+    _per_token(moved, synthetic, layer=4)
+
+
+def test_a_missing_part_is_named_and_the_file_refused(run):
+    merge_checkpoints(run)
+    (run / PARTS_DIR / "part_00001.h5").unlink()
+    path = run / "embeddings.h5"
+    said = (
+        f"{path}: part {PARTS_DIR}/part_00001.h5 is missing (1 of 3); a per-token output"
+        f" is embeddings.h5 with the folder {PARTS_DIR} beside it"
+    )
+    assert verify_output(run, full=False) == said
+    with pytest.raises(EmbeddingsFileError) as caught:
+        open_embeddings(run)
+    assert str(caught.value) == said
+
+
+def test_a_second_merge_replaces_the_parts_whole(run, write_rows, synthetic):
+    merge_checkpoints(run)
+    (run / PARTS_DIR / "part_00002.h5").unlink()
+    (run / PARTS_DIR / "stray.h5").write_bytes(b"x")
+    merge_checkpoints(run)
+    assert sorted(p.name for p in (run / PARTS_DIR).iterdir()) == [
+        "part_00000.h5",
+        "part_00001.h5",
+        "part_00002.h5",
+    ]
+    assert verify_output(run) is None
+    _per_token(run, synthetic)
+
+
+def test_an_interrupted_merges_folder_of_parts_is_a_stale_temporary(run):
+    staging = run / f".{PARTS_DIR}.20261130T000000Z-0badc0de.tmp"
+    staging.mkdir()
+    os.link(_checkpoints(run)[0], staging / "part_00000.h5")
+    assert remove_stale_temporaries(run) == [staging]
+    assert not staging.exists() and len(_checkpoints(run)) == 3
+
+
+def test_without_hard_links_the_parts_are_copies(run, synthetic, monkeypatch):
+    def refuse(source, target):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    merge_checkpoints(run)
+    parts = sorted((run / PARTS_DIR).iterdir())
+    assert not any(os.path.samefile(p, c) for p, c in zip(parts, _checkpoints(run), strict=True))
+    shutil.rmtree(run / "checkpoints")
+    assert verify_output(run) is None
+    _per_token(run, synthetic)
