@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from virnucpro.ckpt import (
     AsyncCheckpointWriter,
     DiskFullError,
+    check_run_space,
     merge_checkpoints,
     resume_from_checkpoints,
     validate_checkpoint_hdf5,
@@ -276,3 +277,13 @@ def test_enospc_at_any_write_of_a_checkpoint(make_run, synthetic, fail_at):
     assert path.exists() is not failed
     if not failed:
         validate_checkpoint_hdf5(path, manifest)
+
+
+@pytest.mark.parametrize("small_fs", [16 * MIB], indirect=True)
+def test_a_compressed_merge_fits_the_space_the_run_asked_for(small_fs, synthetic):
+    """Its parts are copies: their space is asked for once, before they are written."""
+    manifest = {**synthetic.manifest_for(NUM, WIDTH), "compression": "lzf"}
+    needed = check_run_space(small_fs, manifest, synthetic.lengths_of(np.arange(NUM)))
+    _resize(small_fs, needed + 256 * 1024)
+    run_dir, _ = _run_on(small_fs, synthetic, np.array_split(np.arange(NUM), 4))
+    _assert_merged(merge_checkpoints(run_dir), synthetic, NUM)

@@ -7,9 +7,12 @@ second merge; filesystems without hard links get copies.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 
@@ -40,6 +43,12 @@ def _checkpoints(run_dir):
     return sorted(run_dir.glob("checkpoints/rank_*/*.h5"))
 
 
+def _parts(run_dir):
+    """The parts in order, and their names without the merge's id."""
+    parts = sorted((run_dir / PARTS_DIR).iterdir())
+    return parts, [re.sub(r"^.*_part_", "part_", p.name) for p in parts]
+
+
 def _per_token(run_dir, synthetic, layer=2):
     expected = synthetic.synthetic_batch(np.arange(NUM), 16)
     offsets = expected.outputs[f"layer_{layer}/per_token_offsets"]
@@ -53,8 +62,8 @@ def _per_token(run_dir, synthetic, layer=2):
 def test_parts_are_the_checkpoints_and_outlive_them(run, synthetic):
     checkpoints = _checkpoints(run)
     merge_checkpoints(run)
-    parts = sorted((run / PARTS_DIR).iterdir())
-    assert [p.name for p in parts] == ["part_00000.h5", "part_00001.h5", "part_00002.h5"]
+    parts, names = _parts(run)
+    assert names == ["part_00000.h5", "part_00001.h5", "part_00002.h5"]
     assert all(os.path.samefile(p, c) for p, c in zip(parts, checkpoints, strict=True))
     before = merged_in_input_order(run / "embeddings.h5")
     shutil.rmtree(run / "checkpoints")
@@ -76,10 +85,11 @@ def test_the_output_moves_with_its_folder(run, synthetic, tmp_path):
 
 def test_a_missing_part_is_named_and_the_file_refused(run):
     merge_checkpoints(run)
-    (run / PARTS_DIR / "part_00001.h5").unlink()
+    missing = _parts(run)[0][1]
+    missing.unlink()
     path = run / "embeddings.h5"
     said = (
-        f"{path}: part {PARTS_DIR}/part_00001.h5 is missing (1 of 3); a per-token output"
+        f"{path}: part {PARTS_DIR}/{missing.name} is missing (1 of 3); a per-token output"
         f" is embeddings.h5 with the folder {PARTS_DIR} beside it"
     )
     assert verify_output(run, full=False) == said
@@ -90,14 +100,13 @@ def test_a_missing_part_is_named_and_the_file_refused(run):
 
 def test_a_second_merge_replaces_the_parts_whole(run, write_rows, synthetic):
     merge_checkpoints(run)
-    (run / PARTS_DIR / "part_00002.h5").unlink()
+    earlier = _parts(run)[0]
+    earlier[2].unlink()
     (run / PARTS_DIR / "stray.h5").write_bytes(b"x")
     merge_checkpoints(run)
-    assert sorted(p.name for p in (run / PARTS_DIR).iterdir()) == [
-        "part_00000.h5",
-        "part_00001.h5",
-        "part_00002.h5",
-    ]
+    parts, names = _parts(run)
+    assert names == ["part_00000.h5", "part_00001.h5", "part_00002.h5"]
+    assert not set(parts) & set(earlier)
     assert verify_output(run) is None
     _per_token(run, synthetic)
 
@@ -116,8 +125,59 @@ def test_without_hard_links_the_parts_are_copies(run, synthetic, monkeypatch):
 
     monkeypatch.setattr(os, "link", refuse)
     merge_checkpoints(run)
-    parts = sorted((run / PARTS_DIR).iterdir())
+    parts = _parts(run)[0]
     assert not any(os.path.samefile(p, c) for p, c in zip(parts, _checkpoints(run), strict=True))
     shutil.rmtree(run / "checkpoints")
     assert verify_output(run) is None
     _per_token(run, synthetic)
+
+
+def test_a_linked_output_is_read_through_the_link(run, synthetic, tmp_path):
+    merge_checkpoints(run)
+    link = tmp_path / "linked.h5"
+    link.symlink_to(run / "embeddings.h5")
+    assert verify_output(link) is None
+    with open_embeddings(link) as e:
+        assert len(e) == NUM
+
+
+def test_a_file_without_its_parts_never_reads_another_runs(make_run, write_rows, tmp_path):
+    """HDF5 also looks for a missing part in the working directory: another run's parts
+    there must not be taken for this file's."""
+    runs = []
+    for name in ("a", "b"):
+        run_dir, manifest = make_run(NUM, name=name)
+        write_rows(run_dir, manifest, np.array_split(np.arange(NUM), 3))
+        merge_checkpoints(run_dir)
+        runs.append(run_dir)
+    stray = tmp_path / "stray.h5"
+    shutil.copyfile(runs[0] / "embeddings.h5", stray)
+    cwd = os.getcwd()
+    os.chdir(runs[1])
+    try:
+        with h5py.File(stray, "r") as f:
+            assert np.isnan(f["layer_2/per_token"][()]).all()
+    finally:
+        os.chdir(cwd)
+
+
+def test_outputs_written_before_parts_still_verify_and_read(run, synthetic):
+    """Version 0.2 copied per-token values in input order, with offsets: such a file is
+    still whole, not damaged (a resume would otherwise recompute a finished run)."""
+    merge_checkpoints(run)
+    path = run / "embeddings.h5"
+    with h5py.File(path, "r+") as f:
+        digests = json.loads(f.attrs["dataset_sha256"])
+        for layer in (2, 4):
+            name = f"layer_{layer}/per_token"
+            spans, values = f[name + "_spans"][()], f[name][()]
+            rows = np.concatenate([values[a:b] for a, b in spans.tolist()])
+            offsets = np.concatenate([[0], np.cumsum(spans[:, 1] - spans[:, 0])])
+            del f[name], f[name + "_spans"], digests[name + "_spans"]
+            f.create_dataset(name, data=rows)
+            f.create_dataset(name + "_offsets", data=offsets)
+        del f.attrs["per_token_parts"]
+        f.attrs["dataset_sha256"] = json.dumps(digests)
+    shutil.rmtree(run / PARTS_DIR)
+    assert verify_output(run) is None
+    _per_token(run, synthetic, layer=4)

@@ -149,9 +149,12 @@ def _read_range(raw: BinaryIO, offset: int, size: int) -> Iterator[np.ndarray]:
     done = 0
     while done < size:
         count = min(len(buffer), size - done)
-        got = os.preadv(raw.fileno(), [buffer[:count]], offset + done)
-        if got != count:
-            raise OSError(f"{raw.name}: short read at byte {offset + done}")
+        filled = 0
+        while filled < count:  # a network filesystem may return less than asked
+            got = os.preadv(raw.fileno(), [buffer[filled:count]], offset + done + filled)
+            if got == 0:
+                raise OSError(f"{raw.name}: ends before byte {offset + done + filled}")
+            filled += got
         yield np.frombuffer(buffer[:count], dtype=np.uint8)
         done += count
 

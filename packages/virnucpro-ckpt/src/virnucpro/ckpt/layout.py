@@ -53,9 +53,11 @@ def spans_name(layer: int) -> str:
     return f"layer_{layer}/{PER_TOKEN}_spans"
 
 
-def part_name(number: int) -> str:
-    """A part's path relative to the merged file, as its virtual datasets name it."""
-    return f"{PARTS_DIR}/part_{number:05d}.h5"
+def part_name(merge: str, number: int) -> str:
+    """A part's path relative to the merged file, as its virtual datasets name it. The
+    merge's own id in the name means a file whose parts are missing can never read
+    another run's (HDF5 looks for a missing source in the working directory too)."""
+    return f"{PARTS_DIR}/{merge}_part_{number:05d}.h5"
 
 
 def output_names(layers: Iterable[int], pooling: Iterable[str], merged: bool = False) -> list[str]:

@@ -92,7 +92,7 @@ def merge_checkpoints(
     final = run_dir / MERGED_NAME
     tmp = run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
     needed = merged_size(manifest, names, lengths, sources) + _rows_size(extra)
-    check_space(final, needed)
+    check_space(final, needed + copied_parts_size(manifest, names, lengths))
     parts: dict[str, str] = {}
     if any(is_per_token(n) for n in names):
         # An earlier output maps the parts about to be replaced: it goes first.
@@ -158,25 +158,31 @@ def merged_size(
     manifest: Mapping[str, Any], names: list[str], lengths: np.ndarray, sources: list[_Source]
 ) -> int:
     """About how many bytes the merged file takes: the pooled outputs, the per-token
-    spans (and, when the run compresses, its parts: copies, where links cost nothing),
-    the row datasets, the ids (their bytes in the checkpoints) and HDF5's own overhead."""
+    spans, the row datasets, the ids (their bytes in the checkpoints) and HDF5's own
+    overhead."""
     width = int(manifest["embed_dim"])
     itemsize = run_store_dtype(manifest).itemsize
-    rows, tokens = lengths.shape[0], int(lengths.sum())
-    copied = (manifest.get("compression") or "none") != "none"
-    values = 0
-    for name in names:
-        if is_spans(name):
-            values += 16 * rows
-        elif not is_per_token(name):
-            values += rows * width * itemsize
-        elif copied:
-            values += tokens * width * itemsize
+    rows = lengths.shape[0]
+    values = sum(
+        16 * rows if is_spans(name) else rows * width * itemsize
+        for name in names
+        if not is_per_token(name)
+    )
     ids = 0
     for source in sources:
         with h5py.File(source.path, "r") as f:
             ids += f["ids"].id.get_storage_size() + 2 * source.indices.shape[0] * 16
     return values + rows * 9 + ids + HDF5_OVERHEAD_BYTES
+
+
+def copied_parts_size(manifest: Mapping[str, Any], names: list[str], lengths: np.ndarray) -> int:
+    """About how many bytes the per-token parts take of their own: none when linked, the
+    values uncompressed (an upper bound) when the run compresses and they are copies."""
+    if (manifest.get("compression") or "none") == "none":
+        return 0
+    width = int(manifest["embed_dim"])
+    itemsize = run_store_dtype(manifest).itemsize
+    return sum(int(lengths.sum()) * width * itemsize for name in names if is_per_token(name))
 
 
 def _load_sources(

@@ -45,17 +45,23 @@ def publish_parts(run_dir: Path, checkpoints: Sequence[Path], compression: str) 
     earlier parts) and return ``{part path: data checksum}``, in part order.
 
     The parts are built in a temporary folder and renamed into place whole, so a kill
-    leaves the earlier parts or the new ones (an interrupted folder is removed as a
-    stale temporary). Call it with no merged file in place that maps earlier parts.
+    leaves no parts folder or a whole one (an interrupted folder is removed as a stale
+    temporary). Call it only once the checkpoints hold every row, with no merged file
+    in place that maps earlier parts.
     """
     run_dir = Path(run_dir)
-    staging = run_dir / f".{PARTS_DIR}.{new_session_id()}{TEMP_SUFFIX}"
+    merge = new_session_id()
+    staging = run_dir / f".{PARTS_DIR}.{merge}{TEMP_SUFFIX}"
     final = run_dir / PARTS_DIR
+    # Earlier parts are of no use to anyone now (every row is in the checkpoints, and no
+    # merged file maps them), and a disk they fill would refuse the new ones.
+    if final.exists():
+        shutil.rmtree(final)
     staging.mkdir()
     recorded = {}
     try:
         for number, checkpoint in enumerate(checkpoints):
-            name = part_name(number)
+            name = part_name(merge, number)
             target = staging / Path(name).name
             if compression == "none":
                 _link_or_copy(checkpoint, target)
@@ -64,8 +70,6 @@ def publish_parts(run_dir: Path, checkpoints: Sequence[Path], compression: str) 
             with h5py.File(target, "r") as f:
                 recorded[name] = str(read_attrs(f)["data_checksum"])
         fsync_dir(staging)
-        if final.exists():
-            shutil.rmtree(final)
         os.rename(staging, final)
         fsync_dir(run_dir)
     except BaseException as exc:
@@ -80,7 +84,8 @@ def publish_parts(run_dir: Path, checkpoints: Sequence[Path], compression: str) 
 def check_parts(merged: Path, f: h5py.File, recorded: Mapping[str, str], full: bool) -> str | None:
     """None when every part the merged file ``f`` maps is there (and, ``full``, holds the
     data its checksum says), else one line naming the first that is not."""
-    base = Path(merged).parent
+    # HDF5 looks for the parts beside the file a link points to, and so does this.
+    base = Path(merged).resolve().parent
     mapped = mapped_parts(f)
     if not set(mapped) <= set(recorded):
         strays = sorted(set(mapped) - set(recorded))

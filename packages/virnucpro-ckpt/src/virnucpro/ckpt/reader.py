@@ -24,6 +24,7 @@ from virnucpro.ckpt.layout import (
     DEFAULT_POOLING,
     MERGED_NAME,
     PER_TOKEN,
+    offsets_name,
     pooled_name,
     spans_name,
 )
@@ -32,6 +33,8 @@ from virnucpro.ckpt.verify import CHECKSUMS_ATTR, ROWS_ATTR
 
 LAYER_GROUP = re.compile(r"^layer_(?P<layer>\d+)$")
 SHOWN_IDS = 3
+# Where each row's per-token values lie: spans, or offsets in files written before parts.
+INDEX_NAMES = (f"{PER_TOKEN}_spans", f"{PER_TOKEN}_offsets")
 # Attributes about the file itself, not the run's configuration.
 FILE_ATTRS = frozenset({CHECKSUMS_ATTR, ROWS_ATTR, PARTS_ATTR})
 
@@ -77,7 +80,7 @@ class Embeddings:
                 f" open the run directory's {MERGED_NAME}"
             )
         outputs = {
-            int(match["layer"]): tuple(sorted(n for n in handle[name] if n != f"{PER_TOKEN}_spans"))
+            int(match["layer"]): tuple(sorted(n for n in handle[name] if n not in INDEX_NAMES))
             for name in handle
             if (match := LAYER_GROUP.match(name)) and isinstance(handle[name], h5py.Group)
         }
@@ -151,7 +154,10 @@ class Embeddings:
         layer, kind = self._output(layer, pooling)
         row = self._row(id)
         if kind == PER_TOKEN:
-            start, stop = self._file[spans_name(layer)][row]
+            if spans_name(layer) in self._file:
+                start, stop = self._file[spans_name(layer)][row]
+            else:  # written before parts: values in input order, with offsets
+                start, stop = self._file[offsets_name(layer)][row : row + 2]
             values = self._file[pooled_name(layer, kind)][start:stop]
         else:
             values = self._file[pooled_name(layer, kind)][row]

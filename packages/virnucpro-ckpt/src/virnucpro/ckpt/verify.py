@@ -27,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import is_per_token, is_spans, run_store_dtype
+from virnucpro.ckpt.batch import is_offsets, is_per_token, is_spans, run_store_dtype
 from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS, byte_view
 from virnucpro.ckpt.errors import one_line
 from virnucpro.ckpt.layout import MANIFEST_NAME, MERGED_NAME, default_output, output_names
@@ -156,8 +156,11 @@ def _check(
 def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str | None:
     total, width = int(attrs["num_sequences"]), int(attrs["embed_dim"])
     row_names = [*ROW_NAMES, *attrs.get(ROWS_ATTR, [])]
-    expected = sorted([*row_names, *output_names(attrs["layers"], attrs["pooling"], True)])
     present = sorted(n for n in _dataset_links(f) if n != MAIN_ALIAS)
+    # Before parts (virnucpro-ckpt 0.2), per-token values were copied in input order, with offsets.
+    copied = PARTS_ATTR not in attrs and any(is_offsets(n) for n in present)
+    names = output_names(attrs["layers"], attrs["pooling"], merged=not copied)
+    expected = sorted([*row_names, *names])
     if present != expected:
         missing = sorted(set(expected) - set(present))
         extra = sorted(set(present) - set(expected))
@@ -166,6 +169,12 @@ def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str 
     for name in expected:
         if is_spans(name):
             shapes[name] = (total, 2)
+        elif is_offsets(name):
+            shapes[name] = (total + 1,)
+        elif is_per_token(name) and copied:
+            offsets = f[name + "_offsets"]
+            tokens = int(offsets[-1]) if offsets.shape == (total + 1,) else -1
+            shapes[name] = (tokens, width)
         elif is_per_token(name):
             problem = _check_spans(f, path, name, total)
             if problem is not None:
@@ -177,7 +186,8 @@ def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str 
     for name, shape in shapes.items():
         if f[name].shape != shape:
             return f"{path}: {name} has shape {f[name].shape}, expected {shape}"
-        if name not in row_names and not is_spans(name) and f[name].dtype != dtype:
+        index = is_spans(name) or is_offsets(name)
+        if name not in row_names and not index and f[name].dtype != dtype:
             return f"{path}: {name} is {f[name].dtype}, the run stores {dtype}"
     main = default_output(attrs["layers"], attrs["pooling"])
     if main is not None and (MAIN_ALIAS not in f or f[MAIN_ALIAS] != f[main]):
