@@ -21,6 +21,8 @@ from virnucpro.ckpt import (
     merge_checkpoints,
     open_embeddings,
     remove_stale_temporaries,
+    restore_checkpoints,
+    resume_from_checkpoints,
     verify_output,
 )
 from virnucpro.ckpt.layout import PARTS_DIR
@@ -181,3 +183,18 @@ def test_outputs_written_before_parts_still_verify_and_read(run, synthetic):
     shutil.rmtree(run / PARTS_DIR)
     assert verify_output(run) is None
     _per_token(run, synthetic, layer=4)
+
+
+def test_parts_restore_the_checkpoints_they_were(run, synthetic):
+    checkpoints = _checkpoints(run)
+    merge_checkpoints(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    shutil.rmtree(run / "checkpoints")
+    (run / PARTS_DIR / "not_a_part.h5").write_bytes(b"garbage")
+    assert restore_checkpoints(run) == checkpoints
+    found = resume_from_checkpoints(run, manifest)
+    assert found.quarantined == [] and found.num_done == NUM
+    assert restore_checkpoints(run) == []  # nothing is missing now
+    (run / "embeddings.h5").unlink()
+    merge_checkpoints(run)
+    _per_token(run, synthetic)

@@ -223,6 +223,25 @@ def test_checkpoints_go_after_a_verified_merge_and_a_damaged_output_is_said(
         resume(tmp_path / "removed", device="cpu", workers=0)
 
 
+def test_a_damaged_per_token_output_is_rebuilt_from_its_parts_without_recomputing(
+    proteins, tmp_path, caplog
+):
+    run_dir = tmp_path / "run"
+    output = embed(proteins, run_dir, pooling=["mean", "per-token"], **TINY)
+    assert not (run_dir / "checkpoints").exists()
+    with open_embeddings(output) as result:
+        expected = {i: result.get(i, pooling="per_token") for i in result.ids}
+    _flip_bytes(output)
+    caplog.clear()
+    assert resume(run_dir, device="cpu", workers=0) == output
+    said = [r.getMessage() for r in caplog.records]
+    assert any("the output is damaged" in m for m in said)
+    assert any("checkpoints restored from the output's per-token parts" in m for m in said)
+    with open_embeddings(output) as result:
+        for name, values in expected.items():
+            np.testing.assert_array_equal(result.get(name, pooling="per_token"), values)
+
+
 def test_float16_storage_is_the_float32_run_cast_and_reads_as_stored(proteins, tmp_path):
     from virnucpro.ckpt import verify_output
     from virnucpro.infer.job.errors import ConfigError

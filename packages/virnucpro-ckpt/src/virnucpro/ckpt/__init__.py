@@ -32,6 +32,7 @@ from virnucpro.ckpt.manifest import (
     write_manifest,
 )
 from virnucpro.ckpt.merge import merge_checkpoints
+from virnucpro.ckpt.parts import restore_checkpoints
 from virnucpro.ckpt.reader import Embeddings, open_embeddings
 from virnucpro.ckpt.resume import (
     QuarantinedFile,
@@ -77,6 +78,7 @@ __all__ = [
     "quarantine_messages",
     "read_manifest",
     "remove_stale_temporaries",
+    "restore_checkpoints",
     "resume_from_checkpoints",
     "validate_checkpoint_hdf5",
     "verify_output",

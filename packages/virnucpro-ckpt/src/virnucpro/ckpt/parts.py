@@ -25,7 +25,14 @@ from virnucpro.ckpt.batch import is_per_token
 from virnucpro.ckpt.checkpoint_file import dataset_names, file_checksum, read_attrs
 from virnucpro.ckpt.errors import DiskFullError, one_line
 from virnucpro.ckpt.fsio import fsync_dir
-from virnucpro.ckpt.layout import PARTS_DIR, TEMP_SUFFIX, new_session_id, part_name, temp_path
+from virnucpro.ckpt.layout import (
+    PARTS_DIR,
+    TEMP_SUFFIX,
+    checkpoint_path,
+    new_session_id,
+    part_name,
+    temp_path,
+)
 from virnucpro.ckpt.safe_write import (
     HDF5_OVERHEAD_BYTES,
     disk_full_error,
@@ -79,6 +86,32 @@ def publish_parts(run_dir: Path, checkpoints: Sequence[Path], compression: str) 
             raise disk_full_error(final, getattr(exc, "needed_bytes", None)) from None
         raise
     return recorded
+
+
+def restore_checkpoints(run_dir: Path) -> list[Path]:
+    """Link every part whose checkpoint is gone back into ``RUN_DIR/checkpoints`` (a part
+    is a whole checkpoint under another name); return the checkpoints restored.
+
+    An output found damaged after its checkpoints were removed then costs a merge, not
+    a recomputation: resume validates the restored files like any checkpoint and
+    computes again only the rows of those that fail."""
+    folder = Path(run_dir) / PARTS_DIR
+    restored: list[Path] = []
+    for part in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+        try:
+            with h5py.File(part, "r") as f:
+                attrs = read_attrs(f)
+            target = checkpoint_path(run_dir, attrs["rank"], attrs["session"], attrs["sequence"])
+        except (OSError, KeyError, ValueError, TypeError):
+            continue  # not a part that can be trusted to say where it belongs
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(part, target)
+        restored.append(target)
+    for directory in {path.parent for path in restored}:
+        fsync_dir(directory)
+    return restored
 
 
 def check_parts(merged: Path, f: h5py.File, recorded: Mapping[str, str], full: bool) -> str | None:

@@ -20,6 +20,7 @@ from virnucpro.ckpt import (
     ManifestMismatchError,
     check_run_space,
     read_manifest,
+    restore_checkpoints,
     resume_from_checkpoints,
     write_manifest,
 )
@@ -242,8 +243,9 @@ def _scan(
     plugins: PluginHost,
 ) -> Shared:
     """What is done: every row when the written output is intact (its checkpoints may
-    be gone), else what valid checkpoints hold. Every file set aside is said in one
-    line, and so is a damaged output."""
+    be gone), else what valid checkpoints hold, those the output's per-token parts
+    restore included. Every file set aside is said in one line, and so is a damaged
+    output."""
     writer = plugins.writers().get(manifest.output_format)
     if writer.output_path(run_dir).exists():
         problem = writer.check(run_dir)
@@ -251,6 +253,9 @@ def _scan(
             done = np.arange(manifest.num_sequences, dtype=np.int64)
             return Shared(manifest, model, done, output_intact=True)
         reporter.say(f"the output is damaged: {problem}")
+    restored = restore_checkpoints(run_dir)
+    if restored:
+        reporter.say(f"{len(restored)} checkpoints restored from the output's per-token parts")
     found = resume_from_checkpoints(run_dir, manifest.to_dict(), quarantine=True)
     for moved in found.quarantined:
         reporter.say(moved.message)
@@ -262,7 +267,8 @@ def _scan(
 
 
 def _check_nothing_lost(run_dir: Path, shared: Shared, plugins: PluginHost) -> None:
-    """A damaged output whose checkpoints were removed cannot be rebuilt: say so."""
+    """A damaged output whose checkpoints were removed (and not restored from its parts)
+    cannot be rebuilt: say so."""
     writer = plugins.writers().get(shared.manifest.output_format)
     checkpoints = any((run_dir / "checkpoints").glob("rank_*/*.h5"))
     if writer.output_path(run_dir).exists() and not shared.output_intact and not checkpoints:
