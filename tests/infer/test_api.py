@@ -242,6 +242,39 @@ def test_a_damaged_per_token_output_is_rebuilt_from_its_parts_without_recomputin
             np.testing.assert_array_equal(result.get(name, pooling="per_token"), values)
 
 
+def test_a_checkpoint_damaged_before_the_merge_fails_the_check_and_resume_recomputes_it(
+    proteins, tmp_path
+):
+    """A per-token merge leaves the parts' checksums to the check after it (each byte
+    is read once): damage the merge did not hash is still found before anything is
+    removed, and resume sets the file aside and computes its rows again."""
+    import h5py
+
+    from virnucpro.infer.builtin_writers import Hdf5Writer
+
+    run_dir = tmp_path / "run"
+    output = embed(proteins, run_dir, pooling=["per-token"], keep_checkpoints=True, **TINY)
+    with open_embeddings(output) as result:
+        expected = {i: result.get(i, pooling="per_token") for i in result.ids}
+    output.unlink()
+    for part in (run_dir / "embeddings_per_token").iterdir():
+        part.unlink()
+    (damaged,) = run_dir.glob("checkpoints/rank_*/*.h5")
+    with h5py.File(damaged, "r") as f:
+        offset = f["layer_6/per_token"].id.get_offset()
+    with open(damaged, "r+b") as f:
+        f.seek(offset + 100)
+        f.write(b"\xff" * 8)
+    writer = Hdf5Writer()
+    writer.write(run_dir, {})
+    assert "is damaged (its data checksum differs)" in writer.check(run_dir)
+    assert resume(run_dir, device="cpu", workers=0) == output
+    assert [p.name for p in (run_dir / "quarantine").iterdir()] == [f"rank_0__{damaged.name}"]
+    with open_embeddings(output) as result:
+        for name, values in expected.items():
+            np.testing.assert_array_equal(result.get(name, pooling="per_token"), values)
+
+
 def test_float16_storage_is_the_float32_run_cast_and_reads_as_stored(proteins, tmp_path):
     from virnucpro.ckpt import verify_output
     from virnucpro.infer.job.errors import ConfigError

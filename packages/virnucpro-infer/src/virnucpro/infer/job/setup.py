@@ -68,6 +68,8 @@ class Shared:
     done_by_rank: dict[int, int] = field(default_factory=dict)
     output_intact: bool = False
     """The output is written and verified: nothing to do at all."""
+    set_aside: int = 0
+    """Files this scan moved into quarantine (their rows are computed again)."""
 
     @property
     def complete(self) -> bool:
@@ -263,14 +265,15 @@ def _scan(
     for info in found.checkpoints:
         if info.rank is not None:
             by_rank[info.rank] = by_rank.get(info.rank, 0) + info.num_sequences
-    return Shared(manifest, model, found.done_indices, by_rank)
+    return Shared(manifest, model, found.done_indices, by_rank, set_aside=len(found.quarantined))
 
 
 def _check_nothing_lost(run_dir: Path, shared: Shared, plugins: PluginHost) -> None:
     """A damaged output whose checkpoints were removed (and not restored from its parts)
-    cannot be rebuilt: say so."""
+    cannot be rebuilt: say so. Checkpoints this scan set aside as damaged are not
+    removed ones: their rows are computed again, as any resume does."""
     writer = plugins.writers().get(shared.manifest.output_format)
-    checkpoints = any((run_dir / "checkpoints").glob("rank_*/*.h5"))
+    checkpoints = any((run_dir / "checkpoints").glob("rank_*/*.h5")) or shared.set_aside
     if writer.output_path(run_dir).exists() and not shared.output_intact and not checkpoints:
         raise OutputError(
             f"{writer.output_path(run_dir)} is damaged and its checkpoints were removed "
