@@ -176,6 +176,7 @@ def test_a_stopped_run_is_refused_inspected_and_resumed(finished, tmp_path, monk
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir)
     (run_dir / "embeddings.h5").unlink()
+    shutil.rmtree(run_dir / "embeddings_per_token")  # the output whole: its parts would restore
     deleted, damaged, *kept = checkpoint_files(run_dir)
     deleted.unlink()
     with h5py.File(damaged, "r+") as f:
