@@ -10,11 +10,9 @@ Per-token values are not copied: the checkpoints become the output's parts
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from virnucpro.ckpt.batch import (
     offsets_from_lengths,
     run_store_dtype,
 )
-from virnucpro.ckpt.checkpoint_file import validate_checkpoint_hdf5
+from virnucpro.ckpt.checkpoint_file import in_hash_threads, validate_checkpoint_hdf5
 from virnucpro.ckpt.errors import InvalidCheckpointError, MergeError
 from virnucpro.ckpt.layout import (
     CHECKPOINT_NAME,
@@ -43,7 +41,7 @@ from virnucpro.ckpt.layout import (
 from virnucpro.ckpt.manifest import read_manifest
 from virnucpro.ckpt.parts import PARTS_ATTR, publish_parts
 from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, check_space, write_hdf5_atomically
-from virnucpro.ckpt.storage import storage
+from virnucpro.ckpt.storage import run_compression, storage
 from virnucpro.ckpt.verify import (
     CHECKSUMS_ATTR,
     MAIN_ALIAS,
@@ -54,7 +52,6 @@ from virnucpro.ckpt.verify import (
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 MAX_OPEN_FILES = 64
-VALIDATION_THREADS = min(8, os.cpu_count() or 1)
 ROW_DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_NAMES = frozenset({*ROW_NAMES, MAIN_ALIAS, "indices"})
 
@@ -97,8 +94,7 @@ def merge_checkpoints(
     if any(is_per_token(n) for n in names):
         # An earlier output maps the parts about to be replaced: it goes first.
         final.unlink(missing_ok=True)
-        compression = manifest.get("compression") or "none"
-        parts = publish_parts(run_dir, [s.path for s in sources], compression)
+        parts = publish_parts(run_dir, [s.path for s in sources], run_compression(manifest))
 
     def fill(out: h5py.File) -> None:
         with _FileCache() as cache:
@@ -178,7 +174,7 @@ def merged_size(
 def copied_parts_size(manifest: Mapping[str, Any], names: list[str], lengths: np.ndarray) -> int:
     """About how many bytes the per-token parts take of their own: none when linked, the
     values uncompressed (an upper bound) when the run compresses and they are copies."""
-    if (manifest.get("compression") or "none") == "none":
+    if run_compression(manifest) == "none":
         return 0
     width = int(manifest["embed_dim"])
     itemsize = run_store_dtype(manifest).itemsize
@@ -194,10 +190,7 @@ def _load_sources(
             if not CHECKPOINT_NAME.match(path.name):
                 raise MergeError(f"{path}: not a finished checkpoint; run resume to move it aside")
             paths.append(path)
-    # Files are checked side by side: hashing releases the GIL, so a per-token run's
-    # tens of GB are checked at the disk's pace rather than one core's sha256 pace.
-    with ThreadPoolExecutor(min(VALIDATION_THREADS, max(1, len(paths)))) as pool:
-        return list(pool.map(lambda path: _source(path, manifest, verify_checksum), paths))
+    return in_hash_threads(lambda path: _source(path, manifest, verify_checksum), paths)
 
 
 def _source(path: Path, manifest: Mapping[str, Any], verify_checksum: bool) -> _Source:
@@ -281,10 +274,9 @@ def _fill_merged(
     if per_token:
         spans = _spans(sources, total)
         whole.update({name + SPANS_SUFFIX: spans for name in per_token})
-    compression = manifest.get("compression") or "none"
     targets = {}
     for name in pooled:
-        layout = storage((total, width), dtype, compression, per_token=False)
+        layout = storage((total, width), dtype, run_compression(manifest), per_token=False)
         targets[name] = out.create_dataset(name, shape=(total, width), dtype=dtype, **layout)
     for name, data in whole.items():
         digests.start(name, data.dtype, data.shape)

@@ -15,14 +15,18 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from virnucpro.ckpt.batch import is_per_token
-from virnucpro.ckpt.checkpoint_file import dataset_names, file_checksum, read_attrs
+from virnucpro.ckpt.checkpoint_file import (
+    dataset_names,
+    file_checksum,
+    in_hash_threads,
+    read_attrs,
+)
 from virnucpro.ckpt.errors import DiskFullError, one_line
 from virnucpro.ckpt.fsio import fsync_dir
 from virnucpro.ckpt.layout import (
@@ -43,7 +47,6 @@ from virnucpro.ckpt.storage import storage
 
 PARTS_ATTR = "per_token_parts"
 """The merged file's record of its parts: JSON ``{part path: data checksum}``."""
-HASH_THREADS = min(8, os.cpu_count() or 1)
 COPY_BYTES = 64 * 2**20
 
 
@@ -131,9 +134,8 @@ def check_parts(merged: Path, f: h5py.File, recorded: Mapping[str, str], full: b
         )
     if not full:
         return None
-    with ThreadPoolExecutor(min(HASH_THREADS, max(1, len(recorded)))) as pool:
-        problems = pool.map(lambda item: _part_problem(base, *item), recorded.items())
-        found = next((p for p in problems if p is not None), None)
+    problems = in_hash_threads(lambda item: _part_problem(base, *item), list(recorded.items()))
+    found = next((p for p in problems if p is not None), None)
     return None if found is None else f"{merged}: {found}"
 
 

@@ -20,6 +20,7 @@ from virnucpro.ckpt.batch import run_store_dtype
 from virnucpro.ckpt.errors import DiskFullError
 from virnucpro.ckpt.layout import PER_TOKEN
 from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, human_size
+from virnucpro.ckpt.storage import run_compression
 
 # An id, its length, truncation flag and the per-row QC data, generously.
 ROW_BYTES = 128
@@ -38,7 +39,7 @@ def check_run_space(run_dir: Path, manifest: Mapping[str, Any], lengths: np.ndar
     Per-token values are on the disk once: the checkpoints become the output's parts
     (linked; copied only when the run compresses its output)."""
     copied, per_token = _output_shares(manifest, lengths)
-    compressed = (manifest.get("compression") or "none") != "none"
+    compressed = run_compression(manifest) != "none"
     needed = 2 * copied + (2 if compressed else 1) * per_token
     where = Path(run_dir)
     while not where.exists() and where != where.parent:

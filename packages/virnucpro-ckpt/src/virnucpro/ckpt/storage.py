@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import h5py
@@ -13,6 +14,11 @@ from virnucpro.ckpt.errors import MergeError
 # decompressed for the next protein, and reading one protein touches a few chunks.
 CHUNK_BYTES = 2**20
 COMPRESSIONS = ("none", "lzf", "gzip")
+
+
+def run_compression(manifest: Mapping[str, Any]) -> str:
+    """The compression a run's output asks for (absent in older manifests: none)."""
+    return str(manifest.get("compression") or "none")
 
 
 def storage(

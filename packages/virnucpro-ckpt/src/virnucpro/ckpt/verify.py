@@ -27,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from virnucpro.ckpt.batch import is_offsets, is_per_token, is_spans, run_store_dtype
+from virnucpro.ckpt.batch import SPANS_SUFFIX, is_offsets, is_per_token, is_spans, run_store_dtype
 from virnucpro.ckpt.checkpoint_file import IDENTITY_KEYS, byte_view
 from virnucpro.ckpt.errors import one_line
 from virnucpro.ckpt.layout import MANIFEST_NAME, MERGED_NAME, default_output, output_names
@@ -198,7 +198,7 @@ def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str 
 def _check_spans(f: h5py.File, path: Path, name: str, total: int) -> str | None:
     """Each row's span is as long as the row and the spans tile the values: no token
     row read by two input rows, none left out."""
-    spans, lengths = f[name + "_spans"], f["lengths"]
+    spans, lengths = f[name + SPANS_SUFFIX], f["lengths"]
     if spans.shape != (total, 2) or lengths.shape != (total,):
         return f"{path}: {name}_spans has shape {spans.shape}, expected ({total}, 2)"
     starts, stops = spans[()].T
