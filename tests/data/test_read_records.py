@@ -1,12 +1,14 @@
 """The numpy parser of DNA records equals the record-by-record scan, and so does the index
 built with it whatever the block and piece sizes."""
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virnucpro.data import InputError, build_index, index
+from virnucpro.data import InputError, build_index, read_pieces
 from virnucpro.data.fasta_scan import _split_records, normalize_dna
 from virnucpro.data.read_records import parse_reads
 from virnucpro.data.reads import chunk_starts, kept_frames
@@ -46,12 +48,18 @@ reads = st.lists(coding.map("".join), min_size=1, max_size=40)
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(reads, st.sampled_from([5, 64, 4096]), st.sampled_from([16, 100, 1 << 20]), st.booleans())
-def test_index_independent_of_block_and_piece_sizes(
-    write_fasta, monkeypatch, sequences, block, piece, gz
+@given(
+    reads,
+    st.sampled_from([5, 64, 4096]),
+    st.sampled_from([16, 100, 1 << 20]),
+    st.booleans(),
+    st.sampled_from([1, 3]),
+)
+def test_index_independent_of_block_and_piece_sizes_and_threads(
+    write_fasta, monkeypatch, sequences, block, piece, gz, threads
 ):
     monkeypatch.setattr("virnucpro.data.fasta_scan.BLOCK_SIZE", block)
-    monkeypatch.setattr(index, "PIECE_BYTES", piece)
+    monkeypatch.setattr(read_pieces, "PIECE_BYTES", piece)
     records = [(f"r{i}", s) for i, s in enumerate(sequences)]
     expected = [
         (f"r{i}_chunk_{k}", frame, protein)
@@ -61,7 +69,7 @@ def test_index_independent_of_block_and_piece_sizes(
     ]
     if not expected:
         return
-    built = build_index(write_fasta(records, wrap=61, gz=gz), "dna", 300)
+    built = build_index(write_fasta(records, wrap=61, gz=gz), "dna", 300, threads=threads)
     assert built.read_ids == [name for name, _ in records]
     assert built.frame.tolist() == [frame for _, frame, _ in expected]
     assert built.read_many(range(len(built))) == [protein for _, _, protein in expected]
@@ -71,11 +79,12 @@ def test_index_independent_of_block_and_piece_sizes(
 
 @pytest.mark.parametrize("piece", [8, 1 << 20])
 def test_first_bad_record_named_across_pieces(tmp_path, monkeypatch, piece):
-    monkeypatch.setattr(index, "PIECE_BYTES", piece)
+    monkeypatch.setattr(read_pieces, "PIECE_BYTES", piece)
     path = tmp_path / "reads.fa"
     path.write_text(">a\nACGTACGT\n>b\nACGT\n>c\n\n>\nACGT\n")
     with pytest.raises(InputError, match=r"record #3 'c' has an empty sequence"):
-        build_index(path, "dna")
+        build_index(path, "dna", threads=3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("virnucpro-index")]
     path.write_text(">a\nACGTACGT\n>  \nACGT\n>c\n\n")
     with pytest.raises(InputError, match=r"record #2 has no id after '>'"):
         build_index(path, "dna")

@@ -29,11 +29,13 @@ import tempfile
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from pathlib import Path
 from shutil import rmtree
 
 import numpy as np
 
+from virnucpro.data.background_hash import BackgroundHash
 from virnucpro.data.errors import InputError
 from virnucpro.data.fasta_scan import (
     is_gzip,
@@ -48,9 +50,10 @@ from virnucpro.data.nonstandard import (
     strict_message,
     summarize,
 )
-from virnucpro.data.read_records import ReadRecords, parse_reads
+from virnucpro.data.read_pieces import KeptFrames, parsed_pieces
+from virnucpro.data.read_records import ReadRecords
 from virnucpro.data.reads import FRAME_LABELS
-from virnucpro.data.six_frames import MAX_CHUNK_SIZE, chunk_table, frame_table, translate_chunks
+from virnucpro.data.six_frames import MAX_CHUNK_SIZE, translate_chunks
 from virnucpro.data.tokenizer import count_unknown
 
 INPUT_TYPES = ("protein", "dna")
@@ -58,8 +61,6 @@ FINGERPRINT_VERSION = b"virnucpro-index-2"
 """2: digits in protein records are dropped (they were `<unk>` in 1); SHA-256 (first 128 bits),
 hardware-accelerated where blake2b was not."""
 MAX_LISTED_DUPLICATES = 5
-PIECE_BYTES = 1 << 20
-"""DNA input is parsed and translated about this many bytes per numpy call (cache-sized)."""
 
 
 class SequenceIndex:
@@ -239,13 +240,19 @@ class _Builder:
     """Accumulates the index in one pass over the inputs."""
 
     def __init__(
-        self, input_type: str, chunk_size: int, spool_dir: Path | None, strict: bool
+        self,
+        input_type: str,
+        chunk_size: int,
+        spool_dir: Path | None,
+        strict: bool,
+        threads: int | None,
     ) -> None:
         self.input_type = input_type
+        self.threads = threads
         self.chunk_size = chunk_size
         self.spool_dir = spool_dir
         self.strict = strict
-        self.hasher = hashlib.sha256()
+        self.hasher = BackgroundHash(hashlib.sha256())
         self.hasher.update(FINGERPRINT_VERSION + f"|{input_type}|{chunk_size}|".encode())
         self.sources: list[Path] = []
         self.record_ids: list[bytes] = []
@@ -326,15 +333,14 @@ class _Builder:
         )
 
     def _scan_reads(self, file_number: int, path: Path, spool) -> None:
-        """DNA records a piece of whole records at a time, with no per-record Python."""
+        """DNA records a piece of whole records at a time, with no per-record Python; the
+        pieces are parsed on threads, and taken here in input order."""
         numbered = 0
         spool_position = 0
-        for segment, position in scan_segments(path, self.hasher):
-            start = 0
-            while start < len(segment):
-                cut = segment.find(b"\n>", start + PIECE_BYTES)
-                end = len(segment) if cut < 0 else cut
-                records = parse_reads(segment[start:end], position + start)
+        segments = scan_segments(path, self.hasher)
+        with closing(parsed_pieces(segments, self.chunk_size, self.threads)) as pieces:
+            for piece in pieces:
+                records = piece.records
                 self._check_reads(path, numbered, records)
                 self.record_ids.extend(records.ids)
                 if spool is None:
@@ -348,14 +354,13 @@ class _Builder:
                         file_number, numbered, starts + spool_position, records.base_counts
                     )
                     spool_position += len(records.bases)
-                self._add_reads(records.base_counts, records.bases)
+                self._add_reads(len(records.ids), piece.frames)
                 numbered += len(records.ids)
-                start = end + 1
 
     @staticmethod
     def _check_reads(path: Path, numbered: int, records: ReadRecords) -> None:
         """The first record without an id or bases, as the record-by-record scan finds it."""
-        no_id = [i for i, name in enumerate(records.ids) if not name][:1]
+        no_id = [records.ids.index(b"")] if b"" in records.ids else []
         empty = np.flatnonzero(records.base_counts == 0)[:1].tolist()
         if not no_id and not empty:
             return
@@ -378,18 +383,15 @@ class _Builder:
                 raise InputError(strict_message(path, number, name.decode("utf-8", "replace"), odd))
             self.nonstandard_counts.update(odd)
 
-    def _add_reads(self, read_lengths: np.ndarray, bases: bytes) -> None:
-        """Kept frames of these reads: (read, chunk number, chunk start, frame, length)."""
-        read, number, start, length = chunk_table(read_lengths, self.chunk_size)
-        read_starts = np.cumsum(read_lengths) - read_lengths
-        residues, kept = frame_table(bases, read_starts[read] + start, length)
-        rows, frames = np.nonzero(kept)
+    def _add_reads(self, reads: int, kept: KeptFrames) -> None:
+        """The kept frames of the next `reads` reads: (read, chunk number, chunk start,
+        frame, length)."""
         self.frames.append(
-            (read[rows] + self.reads_seen, number[rows], start[rows], frames, residues[kept])
+            (kept.read + self.reads_seen, kept.chunk, kept.chunk_start, kept.frame, kept.residues)
         )
-        self.chunks += len(read)
-        self.chunks_without_protein += int(len(read) - np.count_nonzero(kept.any(axis=1)))
-        self.reads_seen += len(read_lengths)
+        self.chunks += kept.chunks
+        self.chunks_without_protein += kept.chunks_without_protein
+        self.reads_seen += reads
 
     def check_unique_ids(self, files: Sequence[Path]) -> None:
         if len(set(self.record_ids)) == len(self.record_ids):
@@ -489,8 +491,12 @@ def build_index(
     chunk_size: int = 300,
     spool_dir: str | os.PathLike | None = None,
     strict: bool = False,
+    threads: int | None = None,
 ) -> SequenceIndex:
     """Index FASTA inputs (plain or gzip, in the order given) in one pass.
+
+    DNA reads are parsed on `threads` threads (default: the cores, at most 8); the index
+    is the same whatever their number.
 
     Raises InputError for a missing or unreadable file, not FASTA, a file with no records, an
     empty sequence or id, and duplicate ids (the first few listed with file and record). With
@@ -508,7 +514,10 @@ def build_index(
     files = [Path(p) for p in paths]
     if not files:
         raise InputError("no input files given; give at least one FASTA file")
-    builder = _Builder(input_type, chunk_size, Path(spool_dir) if spool_dir else None, strict)
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
+    spool = Path(spool_dir) if spool_dir else None
+    builder = _Builder(input_type, chunk_size, spool, strict, threads)
     try:
         for file_number, path in enumerate(files):
             builder.add_file(file_number, path)
@@ -517,3 +526,5 @@ def build_index(
         if builder.owned_spool is not None:
             rmtree(builder.owned_spool, ignore_errors=True)
         raise
+    finally:
+        builder.hasher.close()
