@@ -1,6 +1,7 @@
 """The index pass: formats, normalisation, locations, fingerprint, and every input error."""
 
 import gzip
+import hashlib
 import pickle
 import re
 
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from virnucpro.data import InputError, build_index
+from virnucpro.data.background_hash import BackgroundHash
 
 
 def test_wrapped_crlf_lower_case_and_stop_are_normalised(write_fasta):
@@ -192,3 +194,16 @@ def test_index_pickles_with_everything(write_fasta):
     assert copy.ids == index.ids
     assert copy.read_many(range(len(copy))) == index.read_many(range(len(index)))
     assert copy.chunks_without_protein == index.chunks_without_protein == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=20))
+def test_background_hash_equals_hashing_in_line(blocks):
+    """The fingerprint's hash runs on a thread: blocks still hash in the order given."""
+    background = BackgroundHash(hashlib.sha256())
+    for block in blocks:
+        background.update(block)
+    try:
+        assert background.hexdigest() == hashlib.sha256(b"".join(blocks)).hexdigest()
+    finally:
+        background.close()
