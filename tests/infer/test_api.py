@@ -3,6 +3,7 @@ reader, equal to fair-esm's own forward; usable with no cli installed."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import pytest
 import torch
 
 from virnucpro.ckpt import open_embeddings
+from virnucpro.data import build_index
 from virnucpro.infer import Placement, RunConfig, RunStopped, embed, load_model, resume, run_job
+from virnucpro.infer.job import setup
 from virnucpro.infer.job.errors import BadInputError, OutputError, RunDirMismatchError
 from virnucpro.infer.job.reporting import LoggingReporter
 from virnucpro.infer.packed import RELEASE_THREAD_NAME
@@ -339,3 +342,31 @@ def test_a_live_pool_of_compile_workers_is_shut_down_once_the_batches_are_done(p
     with open_embeddings(output) as result:
         for name, mean in expected.items():
             np.testing.assert_allclose(result[name], mean, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_force_indexes_a_plain_input_once(proteins, tmp_path, monkeypatch, gz):
+    """--force checks the inputs before moving the old run aside; a plain input's index
+    is then kept, and only a gzip input (whose spool belongs in the run directory) is
+    indexed again."""
+    source = proteins
+    if gz:
+        source = tmp_path / "proteins.fasta.gz"
+        source.write_bytes(gzip.compress(proteins.read_bytes()))
+    first = embed(source, tmp_path / "run", **TINY)
+    built = []
+
+    def counted(*args, **kwargs):
+        built.append(args)
+        return build_index(*args, **kwargs)
+
+    monkeypatch.setattr(setup, "build_index", counted)
+    again = embed(source, tmp_path / "run", force=True, **TINY)
+    assert len(built) == (2 if gz else 1)
+    assert (tmp_path / "run" / setup.SPOOL_DIR).is_dir() == gz
+    replaced = next(p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-"))
+    assert first.parent != replaced and (replaced / first.name).is_file()
+    with open_embeddings(replaced) as before, open_embeddings(again) as after:
+        assert list(before.ids) == list(after.ids)
+        for name in before.ids:
+            np.testing.assert_array_equal(before[name], after[name])

@@ -135,6 +135,11 @@ class SequenceIndex:
         return state
 
     @property
+    def spooled(self) -> bool:
+        """Whether some input is gzip, read through a spool of its residues."""
+        return self._sources != self.files
+
+    @property
     def file_of(self) -> np.ndarray:
         return self._record_source[self.read_index]
 

@@ -4,8 +4,9 @@ The index pass must assemble records, ids and checks in input order, but a piece
 and frame table are numpy calls over a megabyte that release the GIL for most of their
 time. So pool threads work a few pieces ahead while the pass takes finished pieces in
 order (with the hash on a thread of its own, 1M reads of 300 bp index in 1.35 s instead
-of 1.73 s on 2 cores), and the GPU waits less for a large sample. Threads, not processes: nothing to import or pickle, no start-up to pay on
-a small input, and nothing to go wrong in a caller's script that lacks a main guard.
+of 1.73 s on 2 cores), and the GPU waits less for a large sample. Threads, not
+processes: nothing to import or pickle, no start-up to pay on a small input, and nothing
+to go wrong in a caller's script that lacks a main guard.
 """
 
 import os

@@ -110,17 +110,22 @@ def set_up_run(
 ) -> Session:
     """Claim ``run_dir`` (``force``: move an old run beside it), index, describe the
     model, write the manifest."""
+    index = None
     if force and used_entries(run_dir):
         # Bad inputs are found before the old run is moved aside, not after.
         _check_format(config.output_format, plugins)
-        build_index(config.inputs, config.input_type, config.chunk_size, None, config.strict)
+        index = build_index(
+            config.inputs, config.input_type, config.chunk_size, None, config.strict
+        )
     stored = _claim(run_dir, config, force, reporter, plugins)
     if stored is not None:
         return _resume_stored(run_dir, stored, target, plugins, reporter)
     _check_format(config.output_format, plugins)
-    index = build_index(
-        config.inputs, config.input_type, config.chunk_size, run_dir / SPOOL_DIR, config.strict
-    )
+    if index is None or index.spooled:
+        # A gzip input's spool belongs in the run directory, which now is free.
+        index = build_index(
+            config.inputs, config.input_type, config.chunk_size, run_dir / SPOOL_DIR, config.strict
+        )
     model = _describe(plugins, config.model, config.random_weights, config.seed)
     layers = resolve_layers(config.layers, model.num_layers)
     precision = resolve_precision(config.precision, target.device)
