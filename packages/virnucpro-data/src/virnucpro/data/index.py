@@ -500,7 +500,7 @@ def build_index(
 ) -> SequenceIndex:
     """Index FASTA inputs (plain or gzip, in the order given) in one pass.
 
-    DNA reads are parsed on `threads` threads (default: the cores, at most 8); the index
+    DNA reads are parsed on `threads` threads (default: the cores, at most 4); the index
     is the same whatever their number.
 
     Raises InputError for a missing or unreadable file, not FASTA, a file with no records, an

@@ -4,7 +4,8 @@ The index pass must assemble records, ids and checks in input order, but a piece
 and frame table are numpy calls over a megabyte that release the GIL for most of their
 time. So pool threads work a few pieces ahead while the pass takes finished pieces in
 order (with the hash on a thread of its own, 1M reads of 300 bp index in 1.35 s instead
-of 1.73 s on 2 cores), and the GPU waits less for a large sample. Threads, not
+of 1.73 s on 2 cores, 10M in 25 s instead of 44 s on an H200 host), and the GPU waits
+less for a large sample. Threads, not
 processes: nothing to import or pickle, no start-up to pay on a small input, and nothing
 to go wrong in a caller's script that lacks a main guard.
 """
@@ -22,8 +23,10 @@ from virnucpro.data.six_frames import chunk_table, frame_table
 
 PIECE_BYTES = 1 << 20
 """DNA input is parsed and tabled about this many bytes per numpy call (cache-sized)."""
-MAX_THREADS = 8
-"""Beyond this the in-order assembly, not the parsing, bounds the pass."""
+MAX_THREADS = 4
+"""Beyond this the in-order assembly, not the parsing, bounds the pass: 10M reads of 300 bp
+indexed in 44.0, 30.0, 25.2, 26.0 and 28.8 s with 1, 2, 4, 8 and 16 threads on a 16-core
+H200 host (the GIL grows contended)."""
 PIECES_AHEAD_PER_THREAD = 2
 
 
