@@ -18,6 +18,7 @@ import pytest
 
 from virnucpro.ckpt import (
     EmbeddingsFileError,
+    inspect_run,
     merge_checkpoints,
     open_embeddings,
     remove_stale_temporaries,
@@ -198,3 +199,29 @@ def test_parts_restore_the_checkpoints_they_were(run, synthetic):
     (run / "embeddings.h5").unlink()
     merge_checkpoints(run)
     _per_token(run, synthetic)
+
+
+def test_reports_count_the_rows_the_parts_restore(run):
+    """With the output gone and its checkpoints removed, what resume would restore
+    from the parts counts as done, in the inspection and in the scan a `run` reads;
+    nothing is moved, and a damaged part counts as not done."""
+    merge_checkpoints(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    shutil.rmtree(run / "checkpoints")
+    (run / "embeddings.h5").unlink()
+    report = inspect_run(run, verify=True)
+    assert report["completed_sequences"] == NUM and report["state"] == "interrupted"
+    assert {entry["rank"] for entry in report["checkpoints"]} == {0, 1}
+    found = resume_from_checkpoints(run, manifest, quarantine=False, with_parts=True)
+    assert found.num_done == NUM
+    assert not (run / "checkpoints").exists()
+    assert resume_from_checkpoints(run, manifest, quarantine=False).num_done == 0
+    parts, _ = _parts(run)
+    with h5py.File(parts[0], "r+") as f:
+        damaged = int(f["indices"].shape[0])
+        f["lengths"][0] += 1
+    report = inspect_run(run, verify=True)
+    assert report["completed_sequences"] == NUM - damaged
+    assert [e["problem"] is not None for e in report["checkpoints"]].count(True) == 1
+    with pytest.raises(ValueError, match="quarantine must not move"):
+        resume_from_checkpoints(run, manifest, quarantine=True, with_parts=True)

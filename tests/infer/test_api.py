@@ -245,6 +245,24 @@ def test_a_damaged_per_token_output_is_rebuilt_from_its_parts_without_recomputin
             np.testing.assert_array_equal(result.get(name, pooling="per_token"), values)
 
 
+def test_running_again_over_a_deleted_per_token_output_rebuilds_it_from_its_parts(
+    proteins, tmp_path
+):
+    """The same `run` again, its output deleted and its checkpoints gone after the merge:
+    the parts hold every row, so it continues (no "stopped at 0/N") and computes none."""
+    run_dir = tmp_path / "run"
+    config = RunConfig(
+        inputs=(proteins,), model=MODEL, random_weights=True, seed=SEED, pooling=("per-token",)
+    )
+    here = Placement(device="cpu", workers=0)
+    first = run_job(config, run_dir, here)
+    (run_dir / "embeddings.h5").unlink()
+    again = run_job(config, run_dir, here)
+    assert again.new_sequences == 0 and again.sequences == first.sequences
+    with open_embeddings(first.output) as result:
+        assert len(result) == first.sequences
+
+
 def test_a_checkpoint_damaged_before_the_merge_fails_the_check_and_resume_recomputes_it(
     proteins, tmp_path
 ):

@@ -222,17 +222,21 @@ def parse_checkpoint_path(path: Path) -> tuple[int, str, int]:
 
 
 def validate_checkpoint_hdf5(
-    path: Path, manifest: Mapping[str, Any] | None = None, verify_checksum: bool = True
+    path: Path,
+    manifest: Mapping[str, Any] | None = None,
+    verify_checksum: bool = True,
+    standing_for: Path | None = None,
 ) -> CheckpointInfo:
     """Check that ``path`` is a whole checkpoint of this run; raise InvalidCheckpointError.
 
     Checks: the name, that HDF5 opens it, the header, that every dataset has the row
     count, dtypes and widths the run expects, indices strictly increasing and in range,
     per-token offsets consistent with lengths, the header agrees with ``manifest``,
-    and (``verify_checksum``) the data checksum.
+    and (``verify_checksum``) the data checksum. ``standing_for``: the checkpoint path
+    whose name a file under another name must carry (an output's part).
     """
     path = Path(path)
-    rank, session, sequence = parse_checkpoint_path(path)
+    rank, session, sequence = parse_checkpoint_path(Path(standing_for or path))
     try:
         with h5py.File(path, "r") as f:
             attrs = _check_header(f, path, rank, session, sequence, manifest)

@@ -32,18 +32,21 @@ def inspect_run(run_dir: Path, verify: bool = False) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    scan = scan_checkpoints(run_dir, manifest, verify_checksum=verify)
-    rows = [_valid_entry(info) for info in scan.valid]
-    rows += [_rejected_entry(path, reason) for path, reason in scan.rejected]
-    rows.sort(key=lambda r: (r["rank"] if r["rank"] is not None else -1, r["path"]))
     total = int(manifest["num_sequences"])
     merged = (run_dir / MERGED_NAME).is_file()
     problem = verify_output(run_dir, full=verify) if merged else None
+    intact = merged and problem is None
+    # Without an intact output, the parts whose checkpoints are gone count as those
+    # checkpoints: resume restores them.
+    scan = scan_checkpoints(run_dir, manifest, verify_checksum=verify, with_parts=not intact)
+    rows = [_valid_entry(info) for info in scan.valid]
+    rows += [_rejected_entry(path, reason) for path, reason in scan.rejected]
+    rows.sort(key=lambda r: (r["rank"] if r["rank"] is not None else -1, r["path"]))
     # An intact output holds every row, whether or not its checkpoints were removed.
-    done = total if merged and problem is None else sum(i.num_sequences for i in scan.valid)
+    done = total if intact else sum(i.num_sequences for i in scan.valid)
     if is_run_locked(run_dir):
         state = STATE_RUNNING
-    elif done == total and merged and problem is None:
+    elif done == total and intact:
         state = STATE_COMPLETE
     else:
         state = STATE_INTERRUPTED

@@ -91,15 +91,12 @@ def publish_parts(run_dir: Path, checkpoints: Sequence[Path], compression: str) 
     return recorded
 
 
-def restore_checkpoints(run_dir: Path) -> list[Path]:
-    """Link every part whose checkpoint is gone back into ``RUN_DIR/checkpoints`` (a part
-    is a whole checkpoint under another name); return the checkpoints restored.
-
-    An output found damaged after its checkpoints were removed then costs a merge, not
-    a recomputation: resume validates the restored files like any checkpoint and
-    computes again only the rows of those that fail."""
+def restorable_checkpoints(run_dir: Path) -> list[tuple[Path, Path]]:
+    """(part, checkpoint) for every part whose checkpoint is gone: what
+    :func:`restore_checkpoints` would link back, and what a report of the run counts as
+    done beside the checkpoints on disk."""
     folder = Path(run_dir) / PARTS_DIR
-    restored: list[Path] = []
+    found: list[tuple[Path, Path]] = []
     for part in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
         try:
             with h5py.File(part, "r") as f:
@@ -107,8 +104,20 @@ def restore_checkpoints(run_dir: Path) -> list[Path]:
             target = checkpoint_path(run_dir, attrs["rank"], attrs["session"], attrs["sequence"])
         except (OSError, KeyError, ValueError, TypeError):
             continue  # not a part that can be trusted to say where it belongs
-        if target.exists():
-            continue
+        if not target.exists():
+            found.append((part, target))
+    return found
+
+
+def restore_checkpoints(run_dir: Path) -> list[Path]:
+    """Link every part whose checkpoint is gone back into ``RUN_DIR/checkpoints`` (a part
+    is a whole checkpoint under another name); return the checkpoints restored.
+
+    An output found damaged after its checkpoints were removed then costs a merge, not
+    a recomputation: resume validates the restored files like any checkpoint and
+    computes again only the rows of those that fail."""
+    restored: list[Path] = []
+    for part, target in restorable_checkpoints(run_dir):
         target.parent.mkdir(parents=True, exist_ok=True)
         _link_or_copy(part, target)
         restored.append(target)

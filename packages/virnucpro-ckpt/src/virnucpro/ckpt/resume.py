@@ -65,6 +65,7 @@ def resume_from_checkpoints(
     quarantine: bool = True,
     verify_checksum: bool = True,
     ignore_sessions: Collection[str] = (),
+    with_parts: bool = False,
 ) -> ResumeResult:
     """Validate every rank's checkpoints and return the input indices already done.
 
@@ -74,14 +75,18 @@ def resume_from_checkpoints(
     (only while holding the RunLock, before any writer starts) rejected files move to
     ``RUN_DIR/quarantine/`` and stale temporary files are deleted; otherwise they are
     only reported (``destination`` None). ``ignore_sessions``: sessions still writing, e.g.
-    the current one when each rank computes its own work list.
+    the current one when each rank computes its own work list. ``with_parts`` (only
+    without ``quarantine``: a part belongs to the output and is never moved) counts the
+    output parts whose checkpoints are gone, which resume restores, as done.
     """
+    if with_parts and quarantine:
+        raise ValueError("with_parts counts the output's parts, which quarantine must not move")
     run_dir = Path(run_dir)
     stored = check_manifest_integrity(run_dir)
     if manifest is not None:
         stored = check_manifest(run_dir, manifest)
     removed = remove_stale_temporaries(run_dir, ignore_sessions) if quarantine else []
-    scan = scan_checkpoints(run_dir, stored, verify_checksum, ignore_sessions)
+    scan = scan_checkpoints(run_dir, stored, verify_checksum, ignore_sessions, with_parts)
     moved = [
         QuarantinedFile(path, move_aside(run_dir, path) if quarantine else None, reason)
         for path, reason in scan.rejected

@@ -13,6 +13,7 @@ import numpy as np
 from virnucpro.ckpt.checkpoint_file import CheckpointInfo, validate_checkpoint_hdf5
 from virnucpro.ckpt.errors import InvalidCheckpointError
 from virnucpro.ckpt.layout import CHECKPOINT_NAME, TEMP_SUFFIX, iter_rank_dirs
+from virnucpro.ckpt.parts import restorable_checkpoints
 
 
 @dataclass
@@ -28,12 +29,15 @@ def scan_checkpoints(
     manifest: Mapping[str, Any],
     verify_checksum: bool = True,
     ignore_sessions: Collection[str] = (),
+    with_parts: bool = False,
 ) -> ScanResult:
     """Validate every checkpoint; a file sharing a row with an earlier one is rejected.
 
     Files are taken oldest first (session, then sequence, then rank), so the rows a
     later file repeats stay with the earlier file and the later file's other rows
     count as not done: every row is kept exactly once, never twice (lesson 5).
+    ``with_parts``: an output part whose checkpoint is gone counts as that checkpoint
+    (resume restores it), under the part's own path.
     """
     result = ScanResult()
     candidates = []
@@ -51,10 +55,13 @@ def scan_checkpoints(
                 result.rejected.append((path, "not a checkpoint name"))
             else:
                 candidates.append(path)
+    standing: list[tuple[Path, Path | None]] = [(path, None) for path in candidates]
+    if with_parts:
+        standing += restorable_checkpoints(run_dir)
     infos = []
-    for path in candidates:
+    for path, checkpoint in standing:
         try:
-            infos.append(validate_checkpoint_hdf5(path, manifest, verify_checksum))
+            infos.append(validate_checkpoint_hdf5(path, manifest, verify_checksum, checkpoint))
         except InvalidCheckpointError as exc:
             result.rejected.append((path, reason_of(path, exc)))
     owner = np.full(int(manifest["num_sequences"]), -1, dtype=np.int32)

@@ -327,7 +327,7 @@ def _claim(
         # Whether it is intact is read once, by the scan that follows.
         return stored
     done = resume_from_checkpoints(
-        run_dir, stored.to_dict(), quarantine=False, verify_checksum=False
+        run_dir, stored.to_dict(), quarantine=False, verify_checksum=False, with_parts=True
     )
     if done.num_left:
         raise RunDirMismatchError(
