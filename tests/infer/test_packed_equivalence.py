@@ -180,3 +180,20 @@ def test_rotary_positions_restart_far_into_a_large_batch(make_esm2, packing):
     reference = packing.reference(model, parts[-1], [1])[1]
     error = (out[bounds[-2] : bounds[-1]] - reference).abs().max().item()
     assert error <= TOLERANCE
+
+
+def test_the_compiled_forward_sets_its_inductor_heuristics_only_while_it_runs(make_esm2, packing):
+    """Inductor's choices are the packed forward's own inside its call (where it
+    compiles) and the thread's previous ones after it; the cache key carries them."""
+    from torch._inductor.virtualized import V
+
+    from virnucpro.infer import inductor_heuristics
+
+    before = type(V.choices)
+    with inductor_heuristics.heuristics():
+        assert isinstance(V.choices, inductor_heuristics.WidePersistentReductions)
+    assert type(V.choices) is before
+    key = inductor_heuristics.compile_options()["post_grad_custom_post_pass"]
+    assert key.uuid() == inductor_heuristics.HEURISTICS_ID
+    assert_matches_fair_esm(make_esm2(1, 16, 2), packing, ["MKTAYIAK", "GG"], [1], compile="plain")
+    assert type(V.choices) is before

@@ -146,3 +146,27 @@ def test_released_compile_workers_are_gone_and_a_later_compile_still_works(packi
         expected = PackedESM2(model)(input_ids, cu_seqlens, max_seqlen, [last])[last]
         agreement = F.cosine_similarity(got.float(), expected.float(), dim=-1).min().item()
         assert agreement >= COMPILED_FLOOR, (name, agreement)
+
+
+def test_compiled_layer_norms_wider_than_1024_are_persistent_reductions(make_esm2, packing):
+    """ESM-2 650M's 1280-wide layer norms compile to persistent kernels (one pass per
+    row; inductor alone loops over rows wider than 1024), and the output still matches
+    the eager forward."""
+    import re
+
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    model = make_esm2(2, 1280, 20, seed=1).cuda().to(torch.bfloat16)
+    input_ids, cu_seqlens, max_seqlen, _ = packing.pack(generated_sequences()[:8])
+    input_ids, cu_seqlens = input_ids.cuda(), cu_seqlens.cuda()
+    torch._dynamo.reset()
+    with inductor_config.patch(fx_graph_cache=False):
+        compiled = PackedESM2(model, compile=True)
+        got, sources = run_and_get_code(compiled, input_ids, cu_seqlens, max_seqlen, [2])
+    text = "\n".join(sources)
+    assert re.search(r"def triton_per_fused\w*native_layer_norm", text), "no persistent norm"
+    assert not re.search(r"def triton_red_fused\w*native_layer_norm", text), "a looped norm"
+    expected = PackedESM2(model)(input_ids, cu_seqlens, max_seqlen, [2])[2]
+    agreement = F.cosine_similarity(got[2].float(), expected.float(), dim=-1).min().item()
+    assert agreement >= COMPILED_FLOOR, agreement

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, cast
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -279,13 +280,15 @@ class PackedESM2:
         project, step, finish = _make_block_functions(
             self.num_heads, q_scale, first.self_attn_layer_norm.eps
         )
+        self._heuristics: Callable[[], AbstractContextManager[None]] = nullcontext
         if compile:
-            options: dict[str, str | int | bool | Callable[..., Any]] = dict(
-                COMPILE_MODES[compile_mode]
-            )
+            from virnucpro.infer import inductor_heuristics  # imports inductor: compile only
+
+            options = {**COMPILE_MODES[compile_mode], **inductor_heuristics.compile_options()}
             project = torch.compile(project, options=options)
             step = torch.compile(step, options=options)
             finish = torch.compile(finish, options=options)
+            self._heuristics = inductor_heuristics.heuristics
         self._project, self._step, self._finish = project, step, finish
         # Marking the token dim dynamic up front compiles once, not once static and
         # again dynamic; weight dims stay static (dynamic=True made every dim symbolic
@@ -308,6 +311,16 @@ class PackedESM2:
     ) -> dict[int, torch.Tensor]:
         if input_ids.ndim != 1:
             raise ValueError("input_ids must be 1-D packed tokens (BOS + residues + EOS each)")
+        with self._heuristics():
+            return self._forward(input_ids, cu_seqlens, max_seqlen, repr_layers)
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        repr_layers: Iterable[int],
+    ) -> dict[int, torch.Tensor]:
         wanted = resolve_layers(repr_layers, self.num_layers)
         layout = build_layout(cu_seqlens, max_seqlen, input_ids.shape[0])
         x = self._embed(input_ids, layout)
