@@ -16,10 +16,12 @@ Variants (all bf16, varlen attention, random seeded weights):
 - `plain`, `tuned`: `PackedESM2(compile=True, compile_mode=...)` as shipped: the
   residual add of block i and block i+1's layer norm in one compiled step, the token
   count marked dynamic up front (one compilation); options from `packed.COMPILE_MODES`;
-- `max-autotune`, `tma`, `triton-only`: inductor options tried on the shipped structure
-  (matmul autotuning of Triton templates against cuBLAS, which lets inductor fuse the
-  bias and GELU into a Triton matmul's epilogue where that is faster; with persistent
-  TMA templates; Triton templates only).
+- `max-autotune`, `tma`, `triton-only`, `multi-kernel`: inductor options tried on the
+  shipped structure (matmul autotuning of Triton templates against cuBLAS, which lets
+  inductor fuse the bias and GELU into a Triton matmul's epilogue where that is faster;
+  with persistent TMA templates; Triton templates only; both persistent and looped
+  reductions, picked at run time), like `inductor-choices` (plain's options) without the
+  packed forward's own heuristics (`virnucpro.infer.inductor_heuristics`).
 
 Per variant: tokens/s over `--passes` timed passes of the speed set (reads-like, 60-166
 aa), its ratio to `baseline` in the same run, MFU against a bf16 matmul measured in the
@@ -74,45 +76,10 @@ EXPERIMENTS = {
         "triton.enable_persistent_tma_matmul": True,
         "max_autotune_gemm_backends": "TRITON",
     },
+    "multi-kernel": {"triton.multi_kernel": 1},
+    "inductor-choices": {},
 }
-# Not an inductor option: a choices handler (see WidePersistentReductions), and no FX
-# graph cache, so that the plain variant's cached kernels are not taken for it.
-HANDLER_EXPERIMENTS = {"wide-persistent": {"fx_graph_cache": False}}
-EXPERIMENTS["multi-kernel"] = {"triton.multi_kernel": 1}
 WARMUP_BATCHES = 4
-
-
-def _wide_persistent_reductions():
-    """Row reductions up to 4096 wide (the layer norms: 1280 for 650M, 2560 for 3B) as
-    persistent kernels, one pass over each row; inductor loops over rows wider than
-    1024, which reads each row twice."""
-    from torch._inductor import config as inductor_config
-    from torch._inductor.choices import InductorChoices
-    from torch._inductor.runtime.hints import ReductionHint
-    from torch._inductor.virtualized import V
-
-    class WidePersistentReductions(InductorChoices):
-        @staticmethod
-        def should_use_persistent_reduction(features, cooperative_reduction, *more):
-            inner = features.get_reduction_hint() == ReductionHint.INNER
-            if inductor_config.triton.persistent_reductions and inner and not cooperative_reduction:
-                return V.graph.sizevars.statically_known_leq(features.reduction_numel, 4096)
-            return InductorChoices.should_use_persistent_reduction(
-                features, cooperative_reduction, *more
-            )
-
-    return WidePersistentReductions()
-
-
-def use_choices(variant: str) -> None:
-    """Inductor's heuristics for this variant (a thread's handler outlives a compile)."""
-    from torch._inductor.choices import InductorChoices
-    from torch._inductor.virtualized import V
-
-    chosen = _wide_persistent_reductions() if variant in HANDLER_EXPERIMENTS else InductorChoices()
-    V.set_choices_handler(chosen)
-
-
 DEVICE = "cuda:0"
 
 
@@ -169,13 +136,12 @@ class Legacy(PackedESM2):
 
 
 def build(model: torch.nn.Module, variant: str) -> PackedESM2:
-    use_choices(variant)
     if variant == "baseline":
         return Legacy(model)
     if variant in COMPILE_MODES:
         return PackedESM2(model, attention="varlen", compile=True, compile_mode=variant)
     forward = PackedESM2(model, attention="varlen")
-    options = EXPERIMENTS.get(variant) or HANDLER_EXPERIMENTS[variant]
+    options = EXPERIMENTS[variant]
     blocks = (forward._project, forward._step, forward._finish)
     forward._project, forward._step, forward._finish = (
         torch.compile(block, options=options) for block in blocks
