@@ -1,6 +1,7 @@
 """The numpy parser of DNA records equals the record-by-record scan, and so does the index
 built with it whatever the block and piece sizes."""
 
+import re
 import threading
 
 import numpy as np
@@ -103,3 +104,34 @@ def test_long_chunks_use_wide_counts(write_fasta):
     assert built.frame.tolist() == [frame for frame, _ in expected]
     assert built.read_many(range(len(built))) == [protein for _, protein in expected]
     assert built.lengths.tolist() == [len(protein) for _, protein in expected]
+
+
+def test_duplicate_reads_named_by_file_and_record_across_pieces(tmp_path, monkeypatch):
+    """Record numbers restart in each file and run on across a file's pieces."""
+    monkeypatch.setattr(read_pieces, "PIECE_BYTES", 8)
+    first, second = tmp_path / "a.fa", tmp_path / "b.fa"
+    first.write_text(">x\nACGTACGTACGT\n>y\nACGTAAA\n>z\nATGGCC\n")
+    second.write_text(">w\nATGGCC\n>z\nATGGCCAAA\n>y\nACG\n")
+    expected = (
+        f"duplicate ids (2 in all): 'z' ({first} record #3 and {second} record #2), "
+        f"'y' ({first} record #2 and {second} record #3)"
+    )
+    with pytest.raises(InputError, match=re.escape(expected)):
+        build_index([first, second], "dna", threads=2)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_pieces_read_before_a_read_error_come_out_before_it(threads):
+    """A later block that cannot be read (a damaged gzip) must not hide a bad record in
+    the pieces read before it: they are parsed and handed over first, in order."""
+
+    def segments():
+        for number in range(3):
+            yield f">r{number}\nACGTACGT\n".encode(), 16 * number
+        raise InputError("cannot read, damaged gzip?")
+
+    seen = []
+    with pytest.raises(InputError, match="damaged gzip"):
+        for piece in read_pieces.parsed_pieces(segments(), 300, threads=threads):
+            seen.extend(piece.records.ids)
+    assert seen == [b"r0", b"r1", b"r2"]

@@ -109,10 +109,17 @@ def parsed_pieces(
     pool = ThreadPoolExecutor(threads, thread_name_prefix="virnucpro-index")
     pending: deque[Future[ParsedPiece]] = deque()
     try:
-        for piece, position in pieces_of(segments):
-            pending.append(pool.submit(parse_piece, piece, position, chunk_size))
-            if len(pending) >= ahead:
+        try:
+            for piece, position in pieces_of(segments):
+                pending.append(pool.submit(parse_piece, piece, position, chunk_size))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+        except Exception:
+            # Reading further failed (a damaged gzip): the pieces read before it come
+            # first, so a bad record in them is still the error reported, as in order.
+            while pending:
                 yield pending.popleft().result()
+            raise
         while pending:
             yield pending.popleft().result()
     finally:
