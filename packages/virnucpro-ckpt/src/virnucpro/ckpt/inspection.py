@@ -12,6 +12,7 @@ from virnucpro.ckpt.errors import InvalidCheckpointError
 from virnucpro.ckpt.layout import MERGED_NAME, RANK_DIR_NAME
 from virnucpro.ckpt.lock import is_run_locked
 from virnucpro.ckpt.manifest import read_manifest
+from virnucpro.ckpt.parts import restorable_checkpoints
 from virnucpro.ckpt.scan import scan_checkpoints
 from virnucpro.ckpt.verify import verify_output
 
@@ -39,8 +40,9 @@ def inspect_run(run_dir: Path, verify: bool = False) -> dict[str, Any]:
     # Without an intact output, the parts whose checkpoints are gone count as those
     # checkpoints: resume restores them.
     scan = scan_checkpoints(run_dir, manifest, verify_checksum=verify, with_parts=not intact)
+    stands_for = {} if intact else dict(restorable_checkpoints(run_dir))
     rows = [_valid_entry(info) for info in scan.valid]
-    rows += [_rejected_entry(path, reason) for path, reason in scan.rejected]
+    rows += [_rejected_entry(path, reason, stands_for.get(path)) for path, reason in scan.rejected]
     rows.sort(key=lambda r: (r["rank"] if r["rank"] is not None else -1, r["path"]))
     # An intact output holds every row, whether or not its checkpoints were removed.
     done = total if intact else sum(i.num_sequences for i in scan.valid)
@@ -90,12 +92,13 @@ def _valid_entry(info: CheckpointInfo) -> dict[str, Any]:
     }
 
 
-def _rejected_entry(path: Path, reason: str) -> dict[str, Any]:
+def _rejected_entry(path: Path, reason: str, checkpoint: Path | None) -> dict[str, Any]:
+    """``checkpoint``: the one a rejected part stands for, whose name says its rank."""
     rank: int | None
     session: str | None
     sequence: int | None
     try:
-        rank, session, sequence = parse_checkpoint_path(path)
+        rank, session, sequence = parse_checkpoint_path(checkpoint or path)
     except InvalidCheckpointError:
         rank, session, sequence = _rank_of(path), None, None
     return {
