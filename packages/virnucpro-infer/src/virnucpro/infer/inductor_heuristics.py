@@ -11,8 +11,9 @@ each row twice. Persistent up to 4096 wide, on an H200 (forward alone, same run)
 The handler is set on the calling thread only while the packed forward runs (its
 compilation happens inside that call), so other compiled code in the process keeps
 inductor's own choices. Inductor's FX graph cache does not key on the handler: a no-op
-post-grad pass carries its name into the key, so kernels cached without it are never
-taken for it, nor these for code compiled without it.
+post-grad pass carries a hash of this file into the key, so kernels cached without these
+heuristics (or with an earlier version of them) are never taken for them, nor these for
+code compiled without them. Needs torch 2.6 or later (custom graph passes with a uuid).
 """
 
 from __future__ import annotations
@@ -23,22 +24,26 @@ from typing import Any
 import torch
 from torch._inductor import config as inductor_config
 from torch._inductor.choices import InductorChoices
-from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
 
 WIDEST_PERSISTENT_ROW = 4096
-HEURISTICS_ID = f"virnucpro-persistent-rows-{WIDEST_PERSISTENT_ROW}-v1"
 
 
 class WidePersistentReductions(InductorChoices):
     """Inductor's choices, but row reductions up to `WIDEST_PERSISTENT_ROW` wide are
-    persistent."""
+    persistent (with multi-kernel on, inductor's own wider rule stands)."""
 
     @staticmethod
     def should_use_persistent_reduction(features: Any, cooperative_reduction: bool, *more: Any):
         row = features.get_reduction_hint() == ReductionHint.INNER
-        if inductor_config.triton.persistent_reductions and row and not cooperative_reduction:
+        triton = inductor_config.triton
+        if (
+            triton.persistent_reductions
+            and row
+            and not (cooperative_reduction or triton.multi_kernel)
+        ):
             return V.graph.sizevars.statically_known_leq(
                 features.reduction_numel, WIDEST_PERSISTENT_ROW
             )
@@ -53,8 +58,8 @@ class HeuristicsCacheKey(CustomGraphPass):
     def __call__(self, graph: torch.fx.graph.Graph) -> None:
         return None
 
-    def uuid(self) -> str:
-        return HEURISTICS_ID
+    def uuid(self) -> bytes:
+        return get_hash_for_files((__file__,))
 
 
 def compile_options() -> dict[str, Any]:
