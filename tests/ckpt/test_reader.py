@@ -104,6 +104,7 @@ def test_config_is_the_manifest_as_python_values(merged):
 def test_close_releases_the_file_and_later_reads_say_so(merged):
     run_dir, expected = merged
     e = open_embeddings(str(run_dir))
+    e.get(expected.ids[0])  # a read keeps the dataset open; closing still releases it
     e.close()
     e.close()
     with pytest.raises(EmbeddingsFileError, match="is closed; open it again"):
