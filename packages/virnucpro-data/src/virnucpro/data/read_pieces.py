@@ -1,13 +1,13 @@
 """DNA input cut into pieces of whole records, parsed and frame-tabled on threads.
 
-The index pass must assemble records, ids and checks in input order, but a piece's parsing
-and frame table are numpy calls over a megabyte that release the GIL for most of their
-time. So pool threads work a few pieces ahead while the pass takes finished pieces in
-order (with the hash on a thread of its own, 1M reads of 300 bp index in 1.35 s instead
-of 1.73 s on 2 cores, 10M in 25 s instead of 44 s on an H200 host), and the GPU waits
-less for a large sample. Threads, not
-processes: nothing to import or pickle, no start-up to pay on a small input, and nothing
-to go wrong in a caller's script that lacks a main guard.
+The index pass must assemble records, ids and checks in input order, but a piece's
+parsing and frame table are numpy calls over a megabyte that release the GIL for most of
+their time. So pool threads work a few pieces ahead while the pass takes finished pieces
+in order (with the hash on a thread of its own, 1M reads of 300 bp index in 1.35 s
+instead of 1.73 s on 2 cores, 10M in 25 s instead of 44 s on an H200 host), and the GPU
+waits less for a large sample. Threads, not processes: nothing to import or pickle, no
+start-up to pay on a small input, and nothing to go wrong in a caller's script that
+lacks a main guard.
 """
 
 import os
@@ -55,7 +55,7 @@ class ParsedPiece:
     frames: KeptFrames
 
 
-def kept_frames(read_lengths: np.ndarray, bases: bytes, chunk_size: int) -> KeptFrames:
+def kept_frame_table(read_lengths: np.ndarray, bases: bytes, chunk_size: int) -> KeptFrames:
     """Every chunk of these reads (their normalised `bases` concatenated) and which of its
     six frames VirNucPro keeps."""
     read, number, start, length = chunk_table(read_lengths, chunk_size)
@@ -75,7 +75,7 @@ def kept_frames(read_lengths: np.ndarray, bases: bytes, chunk_size: int) -> Kept
 
 def parse_piece(piece: bytes, position: int, chunk_size: int) -> ParsedPiece:
     records = parse_reads(piece, position)
-    return ParsedPiece(records, kept_frames(records.base_counts, records.bases, chunk_size))
+    return ParsedPiece(records, kept_frame_table(records.base_counts, records.bases, chunk_size))
 
 
 def pieces_of(segments: Iterable[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
