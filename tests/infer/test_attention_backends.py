@@ -7,6 +7,8 @@ checks that q is scaled exactly once, whichever signature is installed."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,3 +98,14 @@ def test_auto_selection_on_cuda():
     from torch.nn.attention import varlen
 
     assert isinstance(chosen, VarlenFlashAttention) == hasattr(varlen, "varlen_attn")
+
+
+def test_importing_the_engine_leaves_torchs_compiler_unimported():
+    """A CPU run, or a command that computes nothing, does not pay for importing
+    torch's compiler (about 0.9 s on a 2-core host): varlen attention, which pulls it
+    in, is imported where a CUDA forward chooses it."""
+    code = "import sys, virnucpro.infer.job.engine; print('torch._dynamo' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert done.stdout.strip() == "False"

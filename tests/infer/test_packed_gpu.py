@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from virnucpro.infer import PackedESM2, load_model
-from virnucpro.infer.attention import varlen_attn
+from virnucpro.infer.attention import torch_varlen_attn
 from virnucpro.infer.packed import (
     COMPILE_MODES,
     DEFAULT_COMPILE_MODE,
@@ -54,7 +54,7 @@ COMPILED_FLOOR = 0.9998
 
 def backends_to_check() -> list[tuple[str, str | None]]:
     """(attention, compile mode or None for eager)."""
-    names = ["sdpa", "loop"] + (["varlen"] if varlen_attn is not None else [])
+    names = ["sdpa", "loop"] + (["varlen"] if torch_varlen_attn() is not None else [])
     return [(name, None) for name in names] + [("auto", mode) for mode in COMPILE_MODES]
 
 

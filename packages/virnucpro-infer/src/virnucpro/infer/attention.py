@@ -8,6 +8,7 @@ when it does not, the caller scales q before rotary, exactly as fair-esm does.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import itertools
 from collections.abc import Callable
@@ -18,11 +19,15 @@ import torch.nn.functional as F
 
 from virnucpro.infer.packed_layout import PackedLayout
 
-varlen_attn: Callable[..., Any] | None
-try:
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # torch without varlen attention (before 2.9)
-    varlen_attn = None
+
+def torch_varlen_attn() -> Callable[..., Any] | None:
+    """torch's varlen flash attention, None before torch 2.9. Imported on first use:
+    importing it imports torch's compiler (about 0.9 s on a 2-core host), which a CPU run,
+    or a command that computes nothing, does not need."""
+    try:
+        return importlib.import_module("torch.nn.attention.varlen").varlen_attn
+    except (ImportError, AttributeError):
+        return None
 
 
 class AttentionBackend(Protocol):
@@ -48,7 +53,7 @@ class VarlenFlashAttention:
     name = "varlen"
 
     def __init__(self, function: Callable[..., Any] | None = None):
-        chosen = function or varlen_attn
+        chosen = function or torch_varlen_attn()
         if chosen is None:
             raise ValueError("this torch has no torch.nn.attention.varlen; use attention='sdpa'")
         self._function: Callable[..., Any] = chosen
@@ -128,7 +133,7 @@ def select_attention(name: str, device: torch.device, dtype: torch.dtype) -> Att
     if name == "auto":
         if device.type != "cuda":
             name = "loop"
-        elif varlen_attn is not None and dtype in (torch.bfloat16, torch.float16):
+        elif torch_varlen_attn() is not None and dtype in (torch.bfloat16, torch.float16):
             name = "varlen"
         else:
             name = "sdpa"
