@@ -22,6 +22,7 @@ from virnucpro.infer import Placement, RunConfig, RunStopped, embed, load_model,
 from virnucpro.infer.job import setup
 from virnucpro.infer.job.errors import BadInputError, OutputError, RunDirMismatchError
 from virnucpro.infer.job.reporting import LoggingReporter
+from virnucpro.infer.job.rundir import SPOOL_DIR
 from virnucpro.infer.packed import RELEASE_THREAD_NAME
 
 MODEL = "esm2_t6_8M_UR50D"
@@ -381,7 +382,7 @@ def test_force_indexes_a_plain_input_once(proteins, tmp_path, monkeypatch, gz):
     monkeypatch.setattr(setup, "build_index", counted)
     again = embed(source, tmp_path / "run", force=True, **TINY)
     assert len(built) == (2 if gz else 1)
-    assert (tmp_path / "run" / setup.SPOOL_DIR).is_dir() == gz
+    assert (tmp_path / "run" / SPOOL_DIR).is_dir() == gz
     replaced = next(p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-"))
     assert first.parent != replaced and (replaced / first.name).is_file()
     with open_embeddings(replaced) as before, open_embeddings(again) as after:

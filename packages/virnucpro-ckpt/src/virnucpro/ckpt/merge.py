@@ -41,6 +41,7 @@ from virnucpro.ckpt.layout import (
 from virnucpro.ckpt.manifest import read_manifest
 from virnucpro.ckpt.parts import PARTS_ATTR, publish_parts
 from virnucpro.ckpt.safe_write import HDF5_OVERHEAD_BYTES, check_space, write_hdf5_atomically
+from virnucpro.ckpt.space import copied_parts_bytes
 from virnucpro.ckpt.storage import run_compression, storage
 from virnucpro.ckpt.verify import (
     CHECKSUMS_ATTR,
@@ -89,7 +90,7 @@ def merge_checkpoints(
     final = run_dir / MERGED_NAME
     tmp = run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
     needed = merged_size(manifest, names, lengths, sources) + _rows_size(extra)
-    check_space(final, needed + copied_parts_size(manifest, names, lengths))
+    check_space(final, needed + copied_parts_bytes(manifest, lengths))
     parts: dict[str, str] = {}
     if any(is_per_token(n) for n in names):
         # An earlier output maps the parts about to be replaced: it goes first.
@@ -169,16 +170,6 @@ def merged_size(
         with h5py.File(source.path, "r") as f:
             ids += f["ids"].id.get_storage_size() + 2 * source.indices.shape[0] * 16
     return values + rows * 9 + ids + HDF5_OVERHEAD_BYTES
-
-
-def copied_parts_size(manifest: Mapping[str, Any], names: list[str], lengths: np.ndarray) -> int:
-    """About how many bytes the per-token parts take of their own: none when linked, the
-    values uncompressed (an upper bound) when the run compresses and they are copies."""
-    if run_compression(manifest) == "none":
-        return 0
-    width = int(manifest["embed_dim"])
-    itemsize = run_store_dtype(manifest).itemsize
-    return sum(int(lengths.sum()) * width * itemsize for name in names if is_per_token(name))
 
 
 def _load_sources(

@@ -39,8 +39,7 @@ def check_run_space(run_dir: Path, manifest: Mapping[str, Any], lengths: np.ndar
     Per-token values are on the disk once: the checkpoints become the output's parts
     (linked; copied only when the run compresses its output)."""
     copied, per_token = _output_shares(manifest, lengths)
-    compressed = run_compression(manifest) != "none"
-    needed = 2 * copied + (2 if compressed else 1) * per_token
+    needed = 2 * copied + per_token + copied_parts_bytes(manifest, lengths)
     where = Path(run_dir)
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -56,6 +55,15 @@ def check_run_space(run_dir: Path, manifest: Mapping[str, Any], lengths: np.ndar
             needed,
         )
     return needed
+
+
+def copied_parts_bytes(manifest: Mapping[str, Any], lengths: np.ndarray) -> int:
+    """About how many bytes the per-token parts take of their own: none when linked
+    (they are the checkpoints), the values uncompressed (an upper bound) when the run
+    compresses its output and they are copies."""
+    if run_compression(manifest) == "none":
+        return 0
+    return _output_shares(manifest, lengths)[1]
 
 
 def _output_shares(manifest: Mapping[str, Any], lengths: np.ndarray) -> tuple[int, int]:

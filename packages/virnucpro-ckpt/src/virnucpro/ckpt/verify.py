@@ -198,15 +198,16 @@ def _check_structure(f: h5py.File, path: Path, attrs: Mapping[str, Any]) -> str 
 def _check_spans(f: h5py.File, path: Path, name: str, total: int) -> str | None:
     """Each row's span is as long as the row and the spans tile the values: no token
     row read by two input rows, none left out."""
-    spans, lengths = f[name + SPANS_SUFFIX], f["lengths"]
-    if spans.shape != (total, 2) or lengths.shape != (total,):
+    spans, stored_lengths = f[name + SPANS_SUFFIX], f["lengths"]
+    if spans.shape != (total, 2) or stored_lengths.shape != (total,):
         return f"{path}: {name}_spans has shape {spans.shape}, expected ({total}, 2)"
     starts, stops = spans[()].T
-    if not np.array_equal(stops - starts, lengths[()]):
+    lengths = stored_lengths[()]
+    if not np.array_equal(stops - starts, lengths):
         return f"{path}: {name}_spans do not match the rows' lengths"
     # Spans as long as the values, inside them and disjoint tile them exactly.
     firsts, lasts = np.sort(starts), np.sort(stops)
-    inside = not firsts.size or (firsts[0] >= 0 and lasts[-1] <= int(lengths[()].sum()))
+    inside = not firsts.size or (firsts[0] >= 0 and lasts[-1] <= int(lengths.sum()))
     if not inside or np.any(firsts[1:] < lasts[:-1]):
         return f"{path}: {name}_spans overlap or reach past the values"
     return None

@@ -108,19 +108,20 @@ def parsed_pieces(
     ahead = threads * PIECES_AHEAD_PER_THREAD
     pool = ThreadPoolExecutor(threads, thread_name_prefix="virnucpro-index")
     pending: deque[Future[ParsedPiece]] = deque()
+    failure: Exception | None = None
     try:
         try:
             for piece, position in pieces_of(segments):
                 pending.append(pool.submit(parse_piece, piece, position, chunk_size))
                 if len(pending) >= ahead:
                     yield pending.popleft().result()
-        except Exception:
+        except Exception as error:
             # Reading further failed (a damaged gzip): the pieces read before it come
             # first, so a bad record in them is still the error reported, as in order.
-            while pending:
-                yield pending.popleft().result()
-            raise
+            failure = error
         while pending:
             yield pending.popleft().result()
+        if failure is not None:
+            raise failure
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -62,6 +62,10 @@ class HeuristicsCacheKey(CustomGraphPass):
         return get_hash_for_files((__file__,))
 
 
+WIDE_PERSISTENT_REDUCTIONS = WidePersistentReductions()
+"""Stateless, as inductor's own choices are: one serves every call and thread."""
+
+
 def compile_options() -> dict[str, Any]:
     """What `torch.compile` is given beside a compile mode's own options."""
     return {"post_grad_custom_post_pass": HeuristicsCacheKey()}
@@ -69,4 +73,4 @@ def compile_options() -> dict[str, Any]:
 
 def heuristics() -> AbstractContextManager[None]:
     """The packed forward's inductor choices on this thread until the block exits."""
-    return V.set_choices_handler(WidePersistentReductions())
+    return V.set_choices_handler(WIDE_PERSISTENT_REDUCTIONS)

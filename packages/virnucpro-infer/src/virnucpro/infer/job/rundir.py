@@ -10,10 +10,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from virnucpro.ckpt.layout import PARTS_DIR
+from virnucpro.ckpt.layout import (
+    CHECKPOINTS_DIR,
+    MANIFEST_NAME,
+    MERGED_NAME,
+    PARTS_DIR,
+    QUARANTINE_DIR,
+)
 from virnucpro.infer.job.errors import RunStopped
 
-RUN_FILES = ("manifest.json", "checkpoints", "quarantine", "embeddings.h5", PARTS_DIR, "spool")
+SPOOL_DIR = "spool"
+"""Where a run keeps gzip inputs' residues uncompressed, for reading at an offset."""
+RUN_FILES = (MANIFEST_NAME, CHECKPOINTS_DIR, QUARANTINE_DIR, MERGED_NAME, PARTS_DIR, SPOOL_DIR)
 """What makes a directory a used run directory (``run.lock`` alone does not)."""
 
 

@@ -48,12 +48,10 @@ from virnucpro.infer.job.manifest import (
 )
 from virnucpro.infer.job.quality import quality_counts
 from virnucpro.infer.job.reporting import Reporter
-from virnucpro.infer.job.rundir import move_old_run_aside, used_entries
+from virnucpro.infer.job.rundir import SPOOL_DIR, move_old_run_aside, used_entries
 from virnucpro.infer.models import ModelInfo
 from virnucpro.infer.plugins import PluginHost
 from virnucpro.infer.windows import window_plan_lengths
-
-SPOOL_DIR = "spool"
 
 
 @dataclass(frozen=True)
