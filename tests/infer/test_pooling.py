@@ -110,3 +110,22 @@ def test_unknown_pooling_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="none given"):
         check_poolings([])
     assert check_poolings(["bos", "mean", "bos"]) == ("bos", "mean")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_mean_is_the_cpu_mean_bit_for_bit():
+    """Both sum each residue segment in float64 in row order, so a run's means do not
+    depend on the device, and repeated runs agree bit for bit."""
+    generator = torch.Generator().manual_seed(5)
+    lengths = torch.randint(0, 1023, (300,), generator=generator)
+    lengths[:3] = torch.tensor([0, 1, 1022])
+    cu = _cu_seqlens((lengths + 2).tolist())
+    hidden = (torch.randn(int(cu[-1]), 1280, generator=generator) * 3).to(torch.bfloat16)
+    on_cpu = pool_hidden_states({1: hidden}, cu, ("mean",))["layer_1/mean"]
+    on_gpu = [
+        pool_hidden_states({1: hidden.cuda()}, cu.cuda(), ("mean",))["layer_1/mean"].cpu()
+        for _ in range(2)
+    ]
+    assert torch.equal(on_gpu[0], on_cpu) and torch.equal(on_gpu[1], on_cpu)
+    assert torch.equal(on_cpu[0], torch.zeros(1280))

@@ -27,18 +27,20 @@ def check_poolings(poolings: Sequence[str]) -> tuple[str, ...]:
 def mean_over_residues(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """Mean of each sequence's residue rows, BOS and EOS excluded (fair-esm's mean).
 
-    Segment sums come from one float64 prefix sum: a scan is deterministic on the GPU
-    (unlike atomic index_add) and float64 keeps the difference of two prefix sums
-    exact to far below float32 resolution.
+    Each sequence is cut into three segments (BOS, residues, EOS) and every segment is
+    summed in float64 by one thread per column, in row order: deterministic on the GPU
+    (unlike atomic index_add) and parallel over sequences. A prefix sum along the tokens
+    ran one thread per column over the whole batch: 100 ms of a 262K-token batch on an
+    H200 (14% of its forward), against 2 ms for the segments.
     """
     starts = cu_seqlens[:-1].long()
     ends = cu_seqlens[1:].long()
-    prefix = torch.cumsum(hidden.to(torch.float64), dim=0)
-    # Residues of sequence i are rows starts+1 .. ends-2; their sum is
-    # prefix[ends-2] - prefix[starts] (an empty residue range gives zero).
-    sums = prefix.index_select(0, ends - 2) - prefix.index_select(0, starts)
+    # An empty residue range is an empty segment: it sums to zero.
+    bounds = torch.stack((starts, starts + 1, ends - 1), dim=1).flatten()
+    offsets = torch.cat((bounds, ends[-1:]))
+    segments = torch.segment_reduce(hidden.to(torch.float64), "sum", offsets=offsets, unsafe=True)
     counts = (ends - starts - 2).clamp(min=1).to(torch.float64)
-    return (sums / counts.unsqueeze(1)).to(torch.float32)
+    return (segments[1::3] / counts.unsqueeze(1)).to(torch.float32)
 
 
 def bos_rows(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
