@@ -1,5 +1,5 @@
 """How fast checksums are checked on N threads: sha256 of files in the page cache, read
-as the checkpoint check reads them (os.preadv into one reused buffer), as JSON.
+with the checkpoint check's own raw reader (os.preadv into one reused buffer), as JSON.
 
     python3 benchmarks/bench_hash_threads.py > benchmarks/results/hash_threads_h200.json
     python3 benchmarks/bench_hash_threads.py --files 2          # smoke run, 1.3 GB
@@ -24,19 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.ckpt.checkpoint_file import RAW_READ_BYTES
+from virnucpro.ckpt.checkpoint_file import _read_range as read_range
 
 ROWS, WIDTH = 262_144, 1280
 
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    buffer = memoryview(bytearray(RAW_READ_BYTES))
     with path.open("rb") as handle:
-        offset = 0
-        while got := os.preadv(handle.fileno(), [buffer], offset):
-            digest.update(buffer[:got])
-            offset += got
+        for piece in read_range(handle, 0, path.stat().st_size):
+            digest.update(piece)
     return digest.hexdigest()
 
 
