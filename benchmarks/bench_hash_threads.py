@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnucpro.ckpt.checkpoint_file import _read_range as read_range
+from virnucpro.ckpt.checkpoint_file import read_range
 
 ROWS, WIDTH = 262_144, 1280
 

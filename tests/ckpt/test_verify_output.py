@@ -1,5 +1,6 @@
 """The merged output carries per-dataset sha256 digests; damage is found and named."""
 
+import hashlib
 import itertools
 import json
 import re
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virnucpro.ckpt import inspect_run, merge_checkpoints, verify_output
+from virnucpro.ckpt import inspect_run, merge_checkpoints, verify, verify_output
 from virnucpro.ckpt.layout import PARTS_DIR
 from virnucpro.ckpt.parts import PARTS_ATTR
 from virnucpro.ckpt.verify import CHECKSUMS_ATTR, DatasetDigests
@@ -186,3 +187,80 @@ def test_digests_do_not_depend_on_slicing_or_the_hashing_thread(rows, cuts, pend
         other.start("x", values.dtype, values.shape)
         other.update("x", changed)
         assert other.hexdigests()["x"] != whole.hexdigests()["x"]
+
+
+def _blocks_digest(name, values, block_bytes):
+    """The block digest by its definition, written out independently of DatasetDigests."""
+    data = np.ascontiguousarray(values).tobytes()
+    root = hashlib.sha256(f"{name}|{values.dtype.str}|{tuple(values.shape)}|".encode())
+    for start in range(0, len(data), block_bytes):
+        root.update(hashlib.sha256(data[start : start + block_bytes]).digest())
+    return f"sha256-blocks:{block_bytes}:{root.hexdigest()}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(0, 40),
+    cuts=st.lists(st.integers(0, 40), max_size=6),
+    block_bytes=st.sampled_from([1, 7, 12, 48, 10**6]),
+    pending=st.sampled_from([0, 1, 50, 10**6]),
+)
+def test_block_digests_follow_their_definition_however_fed(rows, cuts, block_bytes, pending):
+    values = np.random.default_rng(rows).standard_normal((rows, 3)).astype(np.float32)
+    digests = DatasetDigests(max_pending_bytes=pending, block_bytes=block_bytes)
+    digests.start("x", values.dtype, values.shape)
+    bounds = [0, *sorted(c for c in cuts if c <= rows), rows]
+    for lo, hi in itertools.pairwise(bounds):
+        digests.update("x", values[lo:hi].copy())
+    assert digests.hexdigests()["x"] == _blocks_digest("x", values, block_bytes)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Outputs merged with 256-byte blocks, so the test data spans many of them."""
+    monkeypatch.setattr(verify, "BLOCK_BYTES", 256)
+
+
+def test_many_blocks_are_checked_in_parallel_and_a_flip_in_any_is_named(
+    small_blocks, make_run, write_rows
+):
+    run_dir, manifest = make_run(NUM)
+    write_rows(run_dir, manifest, np.array_split(np.random.default_rng(5).permutation(NUM), 3))
+    path = merge_checkpoints(run_dir)
+    with h5py.File(path, "r") as f:
+        recorded = json.loads(f.attrs[CHECKSUMS_ATTR])
+        values = f["layer_2/mean"][()]
+        offset = f["layer_2/mean"].id.get_offset()
+    assert recorded["layer_2/mean"] == _blocks_digest("layer_2/mean", values, 256)
+    assert values.nbytes > 4 * 256 and recorded["ids"].isalnum()  # ids: one stream
+    assert verify_output(run_dir) is None
+    for at in (0, 256 * 3 + 5, values.nbytes - 8):
+        _flip(path, offset + at)
+        assert verify_output(run_dir) == (
+            f"{path}: layer_2/mean is damaged (its sha256 differs from the recorded one)"
+        )
+        _flip(path, offset + at)
+    assert verify_output(run_dir) is None
+
+
+def test_outputs_with_single_stream_digests_still_check(merged):
+    """Outputs written before block digests (virnucpro-ckpt 0.3) recorded one sha256 stream
+    per dataset; they verify, and damage in them is still found."""
+    run_dir, path = merged
+    with h5py.File(path, "r+") as f:
+        old = DatasetDigests(block_bytes=0)
+        for name in json.loads(f.attrs[CHECKSUMS_ATTR]):
+            old.start(name, f[name].dtype, f[name].shape)
+            if name == "ids":
+                old.update_ids(f[name].asstr()[()].tolist())
+            else:
+                old.update(name, f[name][()])
+        streams = old.hexdigests()
+        f.attrs[CHECKSUMS_ATTR] = json.dumps(streams)
+        offset = f["truncated"].id.get_offset()
+    assert all(len(digest) == 64 for digest in streams.values())
+    assert verify_output(run_dir) is None
+    _flip(path, offset, 1)
+    assert verify_output(run_dir) == (
+        f"{path}: truncated is damaged (its sha256 differs from the recorded one)"
+    )

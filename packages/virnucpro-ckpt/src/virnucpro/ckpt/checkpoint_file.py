@@ -145,17 +145,23 @@ def in_hash_threads(work: Callable[[T], R], items: Sequence[T]) -> list[R]:
 
 
 def _raw_slices(raw: BinaryIO, ds: h5py.Dataset) -> Iterator[np.ndarray] | None:
-    """The dataset's bytes read straight from the file, when HDF5 stores them as they are
-    in memory (contiguous, unfiltered, native byte order); else None."""
+    extent = raw_extent(ds)
+    return None if extent is None else read_range(raw, *extent)
+
+
+def raw_extent(ds: h5py.Dataset) -> tuple[int, int] | None:
+    """(file offset, bytes) of the dataset's values when HDF5 stores them as they are in
+    memory (contiguous, unfiltered, native byte order), so they can be read raw; else
+    None."""
     offset = ds.id.get_offset()
     size = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
     plain = ds.chunks is None and ds.dtype.kind in "fiub" and ds.dtype.isnative
     if offset is None or not plain or ds.id.get_storage_size() != size:
         return None
-    return _read_range(raw, offset, size)
+    return offset, size
 
 
-def _read_range(raw: BinaryIO, offset: int, size: int) -> Iterator[np.ndarray]:
+def read_range(raw: BinaryIO, offset: int, size: int) -> Iterator[np.ndarray]:
     """``size`` bytes from ``offset`` in pieces of one reused buffer (each piece is
     valid until the next is read)."""
     buffer = memoryview(bytearray(min(size, RAW_READ_BYTES)))
