@@ -2,8 +2,7 @@
 
 1. Choose the executor once (torchrun ranks, a node's devices, or this process).
 2. The lead (the only process, or rank 0) takes the run lock and sets the session up;
-   every other rank receives what it found. Beside it, a process that computes on a GPU
-   imports torch's compiler.
+   every other rank receives what it found.
 3. Plan what valid checkpoints do not hold; each process embeds its part.
 4. Add up what every process did; a stop anywhere raises :class:`RunStopped` after
    every finished batch is checkpointed.
@@ -136,7 +135,6 @@ def _session(
     with job_errors():
         executor = select_executor(placement, torchrun_world())
     with job_errors(), executor.coordinator() as ranks, contextlib.ExitStack() as held:
-        held.enter_context(executor.beside_set_up())
         lead = ranks.world.lead
         own: list[Session] = []
 

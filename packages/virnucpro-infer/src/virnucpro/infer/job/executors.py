@@ -11,18 +11,15 @@ branch on placement; :func:`select_executor` chooses once (torchrun detected fir
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import threading
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from virnucpro.data import split_for_rank
-from virnucpro.infer.job.compiler_imports import CompilerImports
 from virnucpro.infer.job.compute import embed_batches, load_forward
 from virnucpro.infer.job.config import Placement
 from virnucpro.infer.job.devices import Target, rank_target, resolve_targets
@@ -66,10 +63,6 @@ class Executor(Protocol):
 
     def coordinator(self) -> Solo | Coordinator: ...
 
-    def beside_set_up(self) -> AbstractContextManager[object]:
-        """What runs beside the session's set-up, for the whole session."""
-        ...
-
     def share_of(self, batches: list[np.ndarray], session: Session) -> list[np.ndarray]:
         """This process's part of the session's plan."""
         ...
@@ -101,25 +94,7 @@ class _NoRanks:
         return batches
 
 
-class _ComputesHere:
-    """Executors that embed in this process: on a GPU, torch's compiler imports while
-    the lead sets the session up (:mod:`virnucpro.infer.job.compiler_imports`)."""
-
-    targets: list[Target]
-    compiler: CompilerImports | None = None
-
-    def beside_set_up(self) -> AbstractContextManager[object]:
-        if self.targets[0].device.type != "cuda":
-            return contextlib.nullcontext()
-        self.compiler = CompilerImports()
-        return self.compiler
-
-    def compiler_ready(self) -> None:
-        if self.compiler is not None:
-            self.compiler.wait()
-
-
-class LocalExecutor(_NoRanks, _ComputesHere):
+class LocalExecutor(_NoRanks):
     def __init__(self, targets: list[Target], workers: int) -> None:
         self.targets = targets
         self.workers = workers
@@ -134,10 +109,10 @@ class LocalExecutor(_NoRanks, _ComputesHere):
         ports.progress.add_worker(
             target.label, session.manifest.num_sequences, len(session.shared.done)
         )
-        return _embed_here(session, batches, target, ports, 0, 1, self.workers, self.compiler_ready)
+        return _embed_here(session, batches, target, ports, 0, 1, self.workers)
 
 
-class RankExecutor(_ComputesHere):
+class RankExecutor:
     def __init__(self, world: World, target: Target, workers: int) -> None:
         self.world = world
         self.targets = [target]
@@ -159,14 +134,7 @@ class RankExecutor(_ComputesHere):
         target = self.targets[0]
         ports.progress.add_worker(target.label, None, 0)
         return _embed_here(
-            session,
-            batches,
-            target,
-            ports,
-            self.world.rank,
-            self.world.size,
-            self.workers,
-            self.compiler_ready,
+            session, batches, target, ports, self.world.rank, self.world.size, self.workers
         )
 
 
@@ -178,11 +146,9 @@ def _embed_here(
     rank: int,
     world_size: int,
     workers: int,
-    compiler_ready: Callable[[], None],
 ) -> Outcome:
     if not batches:
         return Outcome(ports.should_stop(), 0, 0)
-    compiler_ready()
     forward = load_forward(session, target.device, ports.plugins)
     outcome = embed_batches(
         session,
@@ -202,10 +168,6 @@ class NodeExecutor(_NoRanks):
     def __init__(self, targets: list[Target], warmup: bool = False) -> None:
         self.targets = targets
         self.warmup = warmup
-
-    def beside_set_up(self) -> AbstractContextManager[object]:
-        """Nothing: each worker process imports its own compiler."""
-        return contextlib.nullcontext()
 
     def embed(
         self,
