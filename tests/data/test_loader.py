@@ -1,5 +1,7 @@
 """Real spawned DataLoader workers: plan order, every record once, CUDA hidden, collator rules."""
 
+import multiprocessing
+
 import numpy as np
 import pytest
 import torch
@@ -57,6 +59,19 @@ def test_packed_batches_arrive_in_plan_order(indexed, num_workers):
     for batch in got:
         check_batch(batch, index, records, 1022)
     assert any(b["truncated"].any() for b in got)
+
+
+def test_workers_start_when_the_iterator_is_made_not_at_the_first_batch(indexed):
+    """A caller starts them early (beside its model build) or with signals masked."""
+    index, _records = indexed
+    batches = plan_batches(index.lengths, 1024, max_length=1022)
+    loader = create_async_dataloader(
+        PackedBatchDataset(index, batches, 1022), batch_size=None, num_workers=2, timeout=120
+    )
+    before = len(multiprocessing.active_children())
+    batches_out = iter(loader)
+    assert len(multiprocessing.active_children()) == before + 2
+    assert len(list(batches_out)) == len(batches)
 
 
 def test_ranks_and_workers_see_every_record_once(indexed):

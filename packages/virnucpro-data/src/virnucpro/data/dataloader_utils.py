@@ -63,7 +63,12 @@ class AsyncDataLoader(DataLoader):
         self.pin_arrays = pin_arrays
 
     def __iter__(self):
-        for batch in super().__iter__():
+        # Workers start here, not at the first batch: a caller that starts them with
+        # signals masked, or early to overlap their start-up, gets what it asked for.
+        return self._as_tensors(super().__iter__())
+
+    def _as_tensors(self, batches):
+        for batch in batches:
             if isinstance(batch, dict):
                 batch = arrays_to_tensors(batch)
                 if self.pin_arrays:

@@ -36,6 +36,7 @@ _EXPORTS = {
     "virnucpro.infer.pipeline": (
         "FINISHED",
         "STOPPED",
+        "BuildForward",
         "CheckpointPolicy",
         "RankOutcome",
         "embed_rank",
