@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
-
 import h5py
 import numpy as np
 
 from virnucpro.ckpt import merge_checkpoints, write_manifest
 from virnucpro.data import build_index, plan_batches
-from virnucpro.infer import STOPPED, BuildForward, CheckpointPolicy, PackedESM2, embed_rank
+from virnucpro.infer import STOPPED, CheckpointPolicy, PackedESM2, embed_rank
 
 LAYERS = [2]
 
@@ -126,47 +124,3 @@ def test_rows_held_reaching_the_size_bound_cut_a_checkpoint(tmp_path, make_esm2)
     # Each checkpoint but the last closed at the first batch that reached the bound.
     largest_batch = max(int(index.lengths[b].sum()) for b in batches)
     assert all(40 <= r < 40 + largest_batch for r in residues[:-1])
-
-
-def test_a_forward_built_by_the_rank_is_built_once_its_loader_workers_are_starting(
-    tmp_path, make_esm2
-):
-    """BuildForward: the batch loader's worker processes exist before the model is built,
-    so their start-up overlaps it; the rows are those of an already built forward."""
-    run_dir, manifest, index, forward = setup_run(tmp_path, make_esm2)
-    batches = plan_batches(index.lengths, 64)
-    workers_at_build: list[int] = []
-
-    def build():
-        workers_at_build.append(len(multiprocessing.active_children()))
-        return forward
-
-    outcome = embed_rank(
-        run_dir,
-        manifest,
-        index,
-        batches,
-        BuildForward(build),
-        "cpu",
-        policy=CheckpointPolicy(every=1000, interval_s=300.0, max_bytes=2**30),
-        num_workers=2,
-    )
-    assert workers_at_build == [2]
-    assert outcome.status == "finished" and outcome.sequences == 20
-    built = merge_checkpoints(run_dir)
-    with h5py.File(built, "r") as f:
-        rows = f["layer_2/mean"][()]
-    other = tmp_path / "other"
-    write_manifest(other, manifest)
-    embed_rank(
-        other,
-        manifest,
-        index,
-        batches,
-        forward,
-        "cpu",
-        policy=CheckpointPolicy(every=1000, interval_s=300.0, max_bytes=2**30),
-        num_workers=0,
-    )
-    with h5py.File(merge_checkpoints(other), "r") as f:
-        np.testing.assert_array_equal(f["layer_2/mean"][()], rows)

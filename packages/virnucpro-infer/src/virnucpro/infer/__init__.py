@@ -36,7 +36,6 @@ _EXPORTS = {
     "virnucpro.infer.pipeline": (
         "FINISHED",
         "STOPPED",
-        "BuildForward",
         "CheckpointPolicy",
         "RankOutcome",
         "embed_rank",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,16 +59,6 @@ class CheckpointPolicy:
     max_bytes: int
 
 
-@dataclass(frozen=True)
-class BuildForward:
-    """A forward that :func:`embed_rank` builds itself, after starting its batch loader:
-    the loader's worker processes start (Python and torch imported in each: about 2 s)
-    while this process builds the model and imports the compiler, not after. In the
-    other order the first batch waited for both."""
-
-    build: Callable[[], PackedForward]
-
-
 @dataclass
 class RankOutcome:
     """What one call of :func:`embed_rank` did (this session's work only)."""
@@ -88,7 +78,7 @@ def embed_rank(
     manifest: Mapping[str, Any],
     index: SequenceIndex,
     batches: Sequence[np.ndarray],
-    forward: PackedForward | BuildForward,
+    forward: PackedForward,
     device: torch.device | str,
     *,
     rank: int = 0,
@@ -102,8 +92,7 @@ def embed_rank(
 
     ``manifest``: the run's manifest (``layers``, ``pooling``, ``max_length``, ``long``,
     ``store_dtype`` and the keys every checkpoint header carries). ``forward``: the
-    backend's packed forward of a model already on ``device`` in the run's precision,
-    or a :class:`BuildForward` that makes one once the batch loader has started.
+    backend's packed forward of a model already on ``device`` in the run's precision.
     ``num_workers`` DataLoader processes build the batches (0: in this process).
     Returns ``"finished"`` once every batch is checkpointed, ``"stopped"`` after a stop
     request; a failure raises, and whatever checkpoints were already queued are still
@@ -116,11 +105,6 @@ def embed_rank(
     if not batches:
         return outcome
     layers = [int(layer) for layer in manifest["layers"]]
-    whole = manifest.get("long", "truncate") != "truncate"
-    dataset = PackedBatchDataset(index, batches, 0 if whole else int(manifest["max_length"]))
-    loaded = _start_batches(dataset, num_workers)
-    if isinstance(forward, BuildForward):
-        forward = forward.build()
     runner = AsyncInferenceRunner(
         forward,
         device,
@@ -128,6 +112,8 @@ def embed_rank(
         tuple(manifest["pooling"]),
         store_dtype=manifest.get("store_dtype", "float32"),
     )
+    whole = manifest.get("long", "truncate") != "truncate"
+    dataset = PackedBatchDataset(index, batches, 0 if whole else int(manifest["max_length"]))
     trigger = CheckpointTrigger(policy.every, policy.interval_s)
     pending: list[CheckpointBatch] = []
     held = [0]
@@ -147,7 +133,7 @@ def embed_rank(
         if stop():
             outcome.status = STOPPED
         else:
-            for result in runner.run(loaded):
+            for result in runner.run(_batches(dataset, num_workers)):
                 pending.append(_rows(result))
                 held[0] += sum(array.nbytes for array in result.outputs.values())
                 tokens = int(result.lengths.sum()) + 2 * result.num_sequences
@@ -193,11 +179,11 @@ def _gpu_memory(device: torch.device) -> tuple[int, int]:
     return int(torch.cuda.memory_allocated(device)), int(torch.cuda.max_memory_allocated(device))
 
 
-def _start_batches(dataset: PackedBatchDataset, num_workers: int) -> Iterator[dict]:
-    """The packed batches in plan order, from worker processes (started now) or from
-    this one."""
+def _batches(dataset: PackedBatchDataset, num_workers: int) -> Iterator[dict]:
+    """The packed batches in plan order, from worker processes or from this one."""
     if num_workers == 0:
-        return iter(dataset)
+        yield from dataset
+        return
     loader = create_async_dataloader(
         dataset,
         batch_size=None,
@@ -205,7 +191,8 @@ def _start_batches(dataset: PackedBatchDataset, num_workers: int) -> Iterator[di
         persistent_workers=False,
     )
     with _sigint_blocked():
-        return iter(loader)
+        batches: Iterable[dict] = iter(loader)
+    yield from batches
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import torch
 from virnucpro.infer.job.devices import DTYPES
 from virnucpro.infer.job.setup import Session
 from virnucpro.infer.packed import release_compile_workers
-from virnucpro.infer.pipeline import BuildForward, CheckpointPolicy, RankOutcome, embed_rank
+from virnucpro.infer.pipeline import CheckpointPolicy, RankOutcome, embed_rank
 from virnucpro.infer.plugins import PluginHost
 from virnucpro.infer.registry import PackedForward
 from virnucpro.infer.windows import WindowedForward
@@ -35,7 +35,7 @@ def load_forward(session: Session, device: torch.device, plugins: PluginHost) ->
 def embed_batches(
     session: Session,
     batches: Sequence[np.ndarray],
-    forward: PackedForward | BuildForward,
+    forward: PackedForward,
     device: torch.device,
     *,
     rank: int,

@@ -28,7 +28,7 @@ from virnucpro.infer.job.ranks import Coordinator, Solo, World
 from virnucpro.infer.job.reporting import Progress, StopFlag
 from virnucpro.infer.job.setup import Session
 from virnucpro.infer.job.watch import STARTUP_TIMEOUT_S
-from virnucpro.infer.pipeline import STOPPED, BuildForward
+from virnucpro.infer.pipeline import STOPPED
 from virnucpro.infer.plugins import PluginHost
 from virnucpro.infer.queue_manager import BatchQueueManager, QueueEvent
 from virnucpro.infer.work_units import cut_into_units
@@ -149,10 +149,11 @@ def _embed_here(
 ) -> Outcome:
     if not batches:
         return Outcome(ports.should_stop(), 0, 0)
+    forward = load_forward(session, target.device, ports.plugins)
     outcome = embed_batches(
         session,
         batches,
-        BuildForward(lambda: load_forward(session, target.device, ports.plugins)),
+        forward,
         target.device,
         rank=rank,
         world_size=world_size,
