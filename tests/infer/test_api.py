@@ -389,3 +389,24 @@ def test_force_indexes_a_plain_input_once(proteins, tmp_path, monkeypatch, gz):
         assert list(before.ids) == list(after.ids)
         for name in before.ids:
             np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_the_output_is_assembled_while_the_run_computes(tmp_path, monkeypatch, caplog):
+    """Checkpoints that land during the run have their rows in embeddings.h5's temporary
+    file before the last batch; the result is the run's, and no temporary file is left."""
+    import logging
+
+    from virnucpro.ckpt import assembly
+
+    monkeypatch.setattr(assembly, "POLL_S", 0.01)
+    proteins = write_proteins(tmp_path / "many.fasta", 150, 4)
+    caplog.set_level(logging.DEBUG, logger="virnucpro.ckpt.merge")
+    output = embed(proteins, tmp_path / "run", token_budget=200, checkpoint_every=10, **TINY)
+    (said,) = [r.getMessage() for r in caplog.records if "in place before" in r.getMessage()]
+    in_place = int(said.split()[1])
+    assert 0 < in_place <= 150 and said.endswith("of 150 rows were in place before the last batch")
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+    expected = fair_esm_means(proteins, 6)
+    with open_embeddings(output) as result:
+        for name, vector in expected.items():
+            np.testing.assert_allclose(result[name], vector, rtol=0, atol=1e-5)

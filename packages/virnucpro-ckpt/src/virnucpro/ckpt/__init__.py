@@ -3,6 +3,7 @@
 Nothing here unpickles: checkpoints are HDF5 with JSON-text attributes.
 """
 
+from virnucpro.ckpt.assembly import OutputAssembly
 from virnucpro.ckpt.batch import CheckpointBatch
 from virnucpro.ckpt.checkpoint_file import (
     CheckpointInfo,
@@ -61,6 +62,7 @@ __all__ = [
     "ManifestMismatchError",
     "ManifestTamperedError",
     "MergeError",
+    "OutputAssembly",
     "QuarantinedFile",
     "ResumeResult",
     "RunLock",

@@ -10,12 +10,13 @@ Per-token values are not copied: the checkpoints become the output's parts
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -49,7 +50,13 @@ from virnucpro.ckpt.verify import (
     ROW_NAMES,
     ROWS_ATTR,
     DatasetDigests,
+    file_blocks_digest,
 )
+
+if TYPE_CHECKING:
+    from virnucpro.ckpt.assembly import OutputAssembly
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 MAX_OPEN_FILES = 64
@@ -69,6 +76,7 @@ def merge_checkpoints(
     verify_checksum: bool = True,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     rows: Mapping[str, np.ndarray] | None = None,
+    assembly: OutputAssembly | None = None,
 ) -> Path:
     """Write ``RUN_DIR/embeddings.h5`` atomically; raise MergeError on any defect.
 
@@ -79,17 +87,28 @@ def merge_checkpoints(
     little free space raises DiskFullError (checked first, and again if the disk
     fills while writing); no temporary file is left. A run with per-token outputs
     also gets its parts, ``RUN_DIR/embeddings_per_token/``, which the file maps.
+    ``assembly``: the file begun while the run computed (:mod:`virnucpro.ckpt.assembly`),
+    finished here: only the rows it does not hold yet are written.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     total = int(manifest["num_sequences"])
     extra = _row_datasets(rows or {}, total)
-    sources = _load_sources(run_dir, manifest, verify_checksum)
-    lengths, truncated = _locate_rows(sources, total)
     names = output_names(manifest["layers"], manifest["pooling"], merged=True)
+    if assembly is not None and (assembly.error is not None or not _fits(assembly, manifest)):
+        assembly.discard()  # its file would take the space this merge needs
+        assembly = None
+    checked = assembly.verified if assembly is not None else None
+    sources = _load_sources(run_dir, manifest, verify_checksum, checked)
+    lengths, truncated = _locate_rows(sources, total)
     final = run_dir / MERGED_NAME
     tmp = run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
     needed = merged_size(manifest, names, lengths, sources) + _rows_size(extra)
+    if assembly is not None:
+        late = assembly.complete((source.path, source.indices) for source in sources)
+        log.debug("merge: %d of %d rows were in place before the last batch", total - late, total)
+        tmp = assembly.path
+        needed -= len(assembly.names) * total * assembly.row_bytes
     check_space(final, needed + copied_parts_bytes(manifest, lengths))
     parts: dict[str, str] = {}
     if any(is_per_token(n) for n in names):
@@ -97,15 +116,30 @@ def merge_checkpoints(
         final.unlink(missing_ok=True)
         parts = publish_parts(run_dir, [s.path for s in sources], run_compression(manifest))
 
+    placed = list(assembly.names) if assembly is not None else []
+
     def fill(out: h5py.File) -> None:
         with _FileCache() as cache:
             _write_merged(
-                out, manifest, names, sources, lengths, truncated, parts, cache, memory_budget_bytes
+                out,
+                manifest,
+                names,
+                sources,
+                (lengths, truncated),
+                parts,
+                cache,
+                memory_budget_bytes,
+                placed,
             )
         _write_rows(out, extra)
 
-    write_hdf5_atomically(final, tmp, fill, needed)
+    write_hdf5_atomically(final, tmp, fill, needed, existing=assembly is not None)
     return final
+
+
+def _fits(assembly: OutputAssembly, manifest: Mapping[str, Any]) -> bool:
+    """The assembly was begun for this very run (an edited manifest gets a fresh merge)."""
+    return all(assembly.manifest.get(key) == value for key, value in manifest.items())
 
 
 def _row_datasets(rows: Mapping[str, np.ndarray], total: int) -> dict[str, np.ndarray]:
@@ -173,15 +207,23 @@ def merged_size(
 
 
 def _load_sources(
-    run_dir: Path, manifest: Mapping[str, Any], verify_checksum: bool
+    run_dir: Path,
+    manifest: Mapping[str, Any],
+    verify_checksum: bool,
+    checked: Callable[[Path], bool] | None = None,
 ) -> list[_Source]:
+    """Every finished checkpoint, validated; ``checked``: files already checksummed in
+    this process (by an assembly), whose checksum is not read again."""
     paths = []
     for _rank, directory in iter_rank_dirs(run_dir):
         for path in sorted(directory.iterdir()):
             if not CHECKPOINT_NAME.match(path.name):
                 raise MergeError(f"{path}: not a finished checkpoint; run resume to move it aside")
             paths.append(path)
-    return in_hash_threads(lambda path: _source(path, manifest, verify_checksum), paths)
+    return in_hash_threads(
+        lambda path: _source(path, manifest, verify_checksum and not (checked and checked(path))),
+        paths,
+    )
 
 
 def _source(path: Path, manifest: Mapping[str, Any], verify_checksum: bool) -> _Source:
@@ -226,18 +268,16 @@ def _write_merged(
     manifest: Mapping[str, Any],
     names: list[str],
     sources: list[_Source],
-    lengths: np.ndarray,
-    truncated: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray],
     parts: Mapping[str, str],
     cache: _FileCache,
     budget: int,
+    placed: list[str],
 ) -> None:
     # Half the budget for the chunk being copied, half for the one still being hashed.
     digests = DatasetDigests(max_pending_bytes=max(1, budget // 2))
     try:
-        _fill_merged(
-            out, manifest, names, sources, lengths, truncated, parts, cache, budget, digests
-        )
+        _fill_merged(out, manifest, names, sources, rows, parts, cache, budget, digests, placed)
     finally:
         digests.close()
 
@@ -247,13 +287,16 @@ def _fill_merged(
     manifest: Mapping[str, Any],
     names: list[str],
     sources: list[_Source],
-    lengths: np.ndarray,
-    truncated: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray],
     parts: Mapping[str, str],
     cache: _FileCache,
     budget: int,
     digests: DatasetDigests,
+    placed: list[str],
 ) -> None:
+    """``placed``: pooled datasets already in ``out`` with every row in place (an
+    assembly's); their digests are read from the file."""
+    lengths, truncated = rows
     total = lengths.shape[0]
     width = int(manifest["embed_dim"])
     dtype = run_store_dtype(manifest)
@@ -267,6 +310,8 @@ def _fill_merged(
         whole.update({name + SPANS_SUFFIX: spans for name in per_token})
     targets = {}
     for name in pooled:
+        if name in placed:
+            continue
         layout = storage((total, width), dtype, run_compression(manifest), per_token=False)
         targets[name] = out.create_dataset(name, shape=(total, width), dtype=dtype, **layout)
     for name, data in whole.items():
@@ -275,8 +320,9 @@ def _fill_merged(
         out.create_dataset(name, data=data)
     for name, ds in targets.items():
         digests.start(name, ds.dtype, ds.shape)
-    for start, stop in _chunks(total, width * dtype.itemsize * max(1, len(pooled)), budget // 2):
+    for start, stop in _chunks(total, width * dtype.itemsize * max(1, len(targets)), budget // 2):
         _copy_chunk(start, stop, sources, targets, ids, cache, digests)
+    from_file = {name: file_blocks_digest(out[name], name) for name in placed}
     for name in per_token:
         _map_parts(out, name, sources, list(parts), width, dtype)
     main = default_output(manifest["layers"], manifest["pooling"])
@@ -287,7 +333,9 @@ def _fill_merged(
     if parts:
         out.attrs[PARTS_ATTR] = json.dumps(dict(parts))
     # Written last: a file carrying digests was written to the end.
-    out.attrs[CHECKSUMS_ATTR] = json.dumps(digests.hexdigests())
+    out.attrs[CHECKSUMS_ATTR] = json.dumps(
+        dict(sorted({**digests.hexdigests(), **from_file}.items()))
+    )
 
 
 def _spans(sources: list[_Source], total: int) -> np.ndarray:

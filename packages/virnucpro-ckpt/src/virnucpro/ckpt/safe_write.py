@@ -73,8 +73,10 @@ def write_hdf5_atomically(
     tmp: Path,
     fill: Callable[[h5py.File], None],
     needed_bytes: int | None = None,
+    existing: bool = False,
 ) -> int:
-    """Create ``tmp``, let ``fill`` write it, publish it as ``final``; return its size.
+    """Create ``tmp`` (``existing``: open it, already begun), let ``fill`` write it,
+    publish it as ``final``; return its size.
 
     ``needed_bytes`` (if given) is checked against the free space first. On any error
     the temporary file is removed; running out of space raises DiskFullError.
@@ -83,7 +85,7 @@ def write_hdf5_atomically(
         check_space(final, needed_bytes)
     handle: h5py.File | None = None
     try:
-        handle = _create_unbuffered(tmp)
+        handle = open_unbuffered(tmp) if existing else create_unbuffered(tmp)
         fill(handle)
         handle.flush()
         handle.close()
@@ -98,15 +100,25 @@ def write_hdf5_atomically(
         raise
 
 
-def _create_unbuffered(path: Path) -> h5py.File:
+def create_unbuffered(path: Path) -> h5py.File:
     """A new HDF5 file without the raw-data sieve buffer: small writes reach the disk at
     once, so ENOSPC is raised by the write that hit it, not later while h5py frees a
     dataset (where the error is ignored and HDF5 is left broken)."""
+    fid = h5py.h5f.create(str(path).encode(), h5py.h5f.ACC_TRUNC, fapl=_unbuffered())
+    return h5py.File(fid)
+
+
+def open_unbuffered(path: Path) -> h5py.File:
+    """An existing HDF5 file, open for writing without the sieve buffer (as above)."""
+    fid = h5py.h5f.open(str(path).encode(), h5py.h5f.ACC_RDWR, fapl=_unbuffered())
+    return h5py.File(fid)
+
+
+def _unbuffered() -> h5py.h5p.PropFAID:
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # as h5py.File
     fapl.set_sieve_buf_size(0)
-    fid = h5py.h5f.create(str(path).encode(), h5py.h5f.ACC_TRUNC, fapl=fapl)
-    return h5py.File(fid)
+    return fapl
 
 
 def abandon(handle: h5py.File | None, tmp: Path) -> None:

@@ -2,11 +2,14 @@
 
 A temporary file is never a result: a checkpoint's rows are computed again and a merge
 is redone, so keeping one only takes space (an interrupted merge leaves one as large as
-the output). Quarantine keeps damaged finished files, never temporaries.
+the output). Quarantine keeps damaged finished files, never temporaries. An output being
+assembled by a live process (locked by it) is not stale.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 from collections.abc import Collection
@@ -50,7 +53,7 @@ def remove_stale_temporaries(run_dir: Path, keep_sessions: Collection[str] = ())
         found += sorted(p for p in quarantine.iterdir() if _QUARANTINED_TEMP.match(p.name))
     removed = []
     for path in found:
-        if path.is_file():
+        if path.is_file() and not _in_use(path):
             path.unlink()
             removed.append(path)
         elif path.is_dir() and path.name.startswith(f".{PARTS_DIR}."):
@@ -59,3 +62,19 @@ def remove_stale_temporaries(run_dir: Path, keep_sessions: Collection[str] = ())
     for directory in {p.parent for p in removed}:
         fsync_dir(directory)
     return removed
+
+
+def _in_use(path: Path) -> bool:
+    """A live process holds a lock on it: an output being assembled while its run goes on
+    (a dead process's lock is gone with it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -304,6 +304,15 @@ def _digest_of(ds: h5py.Dataset, name: str, recorded: str) -> str:
     return digests.hexdigests()[name]
 
 
+def file_blocks_digest(ds: h5py.Dataset, name: str) -> str:
+    """The block digest of a plain dataset as its file holds it (what the merge records
+    for rows written in place while the run computed)."""
+    extent = raw_extent(ds)
+    if extent is None:
+        raise ValueError(f"{name} is not stored plain: it cannot be hashed from the file")
+    return _raw_blocks_digest(ds, name, BLOCK_BYTES, *extent)
+
+
 def _raw_blocks_digest(
     ds: h5py.Dataset, name: str, block_bytes: int, offset: int, size: int
 ) -> str:

@@ -8,6 +8,7 @@ others through the ``virnucpro_register_writers`` hook. Torch-free.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -38,6 +39,16 @@ class OutputWriter(Protocol):
     def check(self, run_dir: Path) -> str | None:
         """None if the written output is complete and intact, else one line saying what
         is wrong with it (the engine then writes it again from the checkpoints)."""
+        ...
+
+
+@runtime_checkable
+class AssemblingWriter(Protocol):
+    """A writer that begins its output while the run computes (optional)."""
+
+    def assembling(self, run_dir: Path) -> AbstractContextManager[object]:
+        """For the computing part of a session in ``run_dir``: what :meth:`write` finishes
+        afterwards was begun meanwhile; leaving without a write drops what was begun."""
         ...
 
 

@@ -7,7 +7,7 @@
 4. Add up what every process did; a stop anywhere raises :class:`RunStopped` after
    every finished batch is checkpointed.
 5. The lead sets aside temporary files of dead workers and writes the output through
-   the run's writer.
+   the run's writer (which may have begun it while the run computed).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from virnucpro.infer.job.setup import (
 )
 from virnucpro.infer.job.translate import job_errors
 from virnucpro.infer.plugins import PluginHost, load_plugins
-from virnucpro.infer.writers import row_data
+from virnucpro.infer.writers import AssemblingWriter, OutputWriter, row_data
 
 DEFAULT_PLACEMENT = Placement()
 CHECKPOINTS_DIR = "checkpoints"
@@ -146,11 +146,14 @@ def _session(
             return own[0].shared
 
         shared = ranks.share(lead_set_up if lead else None)
+        writer = plugins.writers().get(shared.manifest.output_format)
         if shared.complete:
-            return _finish(run_dir, shared, plugins, started, 0, 0, own[0] if own else None)
+            return _finish(run_dir, shared, writer, started, 0, 0, own[0] if own else None)
         if should_stop():
             raise RunStopped(run_dir)
         session = own[0] if own else join_session(run_dir, shared)
+        if lead and isinstance(writer, AssemblingWriter):
+            held.enter_context(writer.assembling(run_dir))
         batches = executor.share_of(_plan(session), session)
         total = session.manifest.num_sequences
         display = reporter.progress(total, len(shared.done)) if lead else contextlib.nullcontext()
@@ -172,9 +175,7 @@ def _session(
             resume_from_checkpoints(
                 run_dir, session.manifest.to_dict(), quarantine=True, verify_checksum=False
             )
-        return _finish(
-            run_dir, shared, plugins, started, sequences, tokens, own[0] if own else None
-        )
+        return _finish(run_dir, shared, writer, started, sequences, tokens, own[0] if own else None)
 
 
 class _Ticking:
@@ -203,7 +204,7 @@ def _plan(session: Session) -> list[np.ndarray]:
 def _finish(
     run_dir: Path,
     shared: Shared,
-    plugins: PluginHost,
+    writer: OutputWriter,
     started: float,
     sequences: int,
     tokens: int,
@@ -213,7 +214,6 @@ def _finish(
     index's per-row facts, unless an intact one is there already, checks what it
     wrote, and then (unless the run keeps them) removes the checkpoints: the data is
     on disk once. An output that does not check keeps every checkpoint and says so."""
-    writer = plugins.writers().get(shared.manifest.output_format)
     complete_before = sequences == 0 and shared.complete
     if lead is None or shared.output_intact:
         output = writer.output_path(run_dir)
