@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from virnucpro.infer.queue_manager import current_unit_attempt
+
 
 def stalling_worker(
     device: torch.device,
@@ -35,6 +37,10 @@ def stalling_worker(
             time.sleep(gap)
             report(0)
         report(len(unit))
-        return {"squares": [x * x for x in unit], "pid": os.getpid()}
+        return {
+            "squares": [x * x for x in unit],
+            "pid": os.getpid(),
+            "attempt": current_unit_attempt(),
+        }
 
     return handle

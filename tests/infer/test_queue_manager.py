@@ -244,6 +244,8 @@ def test_a_stopped_worker_is_killed_its_unit_requeued_and_the_event_said(tmp_pat
     assert (failed.unit_id, failed.worker.worker_id) == (2, worker_id)
     assert failed.detail.startswith("stalled: no progress for")
     assert _gone(pid) and results[2]["pid"] != pid
+    # Handed out again, the unit says so: its handler may find rows the dead one wrote.
+    assert [results[u]["attempt"] for u in range(6)] == [0, 0, 1, 0, 0, 0]
     assert manager.worker_states()[worker_id].respawns == 1
     assert sum(s.sequences_done for s in manager.worker_states().values()) == 18
 

@@ -48,6 +48,7 @@ _EXPORTS = {
         "QueueRunError",
         "WorkerStatus",
         "WorkUnit",
+        "current_unit_attempt",
         "current_worker_slot",
     ),
     "virnucpro.infer.registry": (

@@ -65,6 +65,8 @@ class WorkUnit:
     payload: Any
     num_sequences: int
     description: str = ""
+    attempt: int = 0
+    """0 the first time the unit is handed out; one more each time it is re-queued."""
 
 
 @dataclass
@@ -162,7 +164,9 @@ class BatchQueueManager:
     calls `progress(n)` (or `progress(n, tokens)`) as sequences finish and returns the
     unit's (picklable) result. Both must be importable by name, as spawned processes
     import them. Inside a worker, :func:`current_worker_slot` gives its slot (0 to
-    devices - 1), which a respawned worker keeps.
+    devices - 1), which a respawned worker keeps, and :func:`current_unit_attempt` how
+    often the unit being handled was handed out before (0: never, so no other worker
+    wrote any of its rows).
 
     Liveness: a worker holding a unit that sends nothing (progress, done) for the stall
     limit is killed, its unit re-queued. The limit is `stall_timeout_s`, raised to
@@ -410,7 +414,7 @@ class BatchQueueManager:
         state.current_unit = None
         if unit is not None:
             self._unit_failures[unit.unit_id] += 1
-            self._pending.appendleft(unit)
+            self._pending.appendleft(dataclasses.replace(unit, attempt=unit.attempt + 1))
             self._emit("unit_failed", worker, unit.unit_id, cause)
             if self._unit_failures[unit.unit_id] >= self.max_failures:
                 raise QueueRunError(
@@ -505,6 +509,14 @@ def current_worker_slot() -> int | None:
     return _worker_slot
 
 
+_unit_attempt = 0
+
+
+def current_unit_attempt() -> int:
+    """The ``attempt`` of the unit this worker is handling (0 outside a queue worker)."""
+    return _unit_attempt
+
+
 def _worker_main(
     spec: str,
     visible: str | None,
@@ -515,7 +527,7 @@ def _worker_main(
     conn: Connection,
 ) -> None:
     """A worker process: bind the device, set up once, then handle units until told to stop."""
-    global _worker_slot
+    global _worker_slot, _unit_attempt
     _worker_slot = slot
     die_with_parent()
     try:
@@ -532,6 +544,7 @@ def _worker_main(
             return
         if unit is None:
             return
+        _unit_attempt = unit.attempt
         try:
             result = handler(unit.payload, lambda n, tokens=0: conn.send(("progress", n, tokens)))
         except Exception as error:

@@ -6,9 +6,11 @@ handler. Each unit is embedded into the worker's own rank directory (rank = work
 slot; every call writes under a new session id, so a respawned worker never reuses a
 name) and ends with its checkpoints written before the unit is reported done.
 
-A unit may come back after its worker died: before running it the handler reads what
-the run directory already holds (without moving anything, other writers are live) and
-skips those rows, so no row is ever written twice.
+A unit may come back after its worker died: before running it again the handler reads
+what the run directory already holds (without moving anything, other writers are live)
+and skips those rows, so no row is ever written twice. A unit handed out for the first
+time holds no row anyone wrote (the plan leaves out what was done), so it is not read
+for: the read opens every checkpoint of the run, and grew with it on every unit.
 
 Units are packed in-process (no DataLoader processes): a loader spawned per unit cost
 seconds of imports each time, measured as 126K vs 300K tokens/s on one H200 with 650M,
@@ -35,7 +37,7 @@ from virnucpro.infer.job.compute import embed_batches, load_forward
 from virnucpro.infer.job.setup import Session
 from virnucpro.infer.pipeline import STOPPED
 from virnucpro.infer.plugins import load_plugins
-from virnucpro.infer.queue_manager import current_worker_slot
+from virnucpro.infer.queue_manager import current_unit_attempt, current_worker_slot
 from virnucpro.infer.registry import PackedForward
 from virnucpro.infer.work_units import without_done
 
@@ -85,10 +87,12 @@ def embedding_worker(
     def handle(batches: Sequence[np.ndarray], progress: Callable[..., None]) -> UnitResult:
         if stop.is_set():
             return UnitResult(STOPPED, 0, 0, 0)
-        done = resume_from_checkpoints(
-            session.run_dir, manifest, quarantine=False, verify_checksum=False
-        ).done_indices
-        todo, skipped = without_done(batches, done)
+        todo, skipped = list(batches), 0
+        if current_unit_attempt():
+            done = resume_from_checkpoints(
+                session.run_dir, manifest, quarantine=False, verify_checksum=False
+            ).done_indices
+            todo, skipped = without_done(batches, done)
         if skipped:
             progress(skipped)
         outcome = embed_batches(
