@@ -208,8 +208,11 @@ def _values(ds: h5py.Dataset, raw: Any) -> np.ndarray:
     extent = raw_extent(ds)
     if extent is None:
         return ds[()]
-    pieces = [piece.copy() for piece in read_range(raw, *extent)]
-    flat = np.concatenate(pieces) if pieces else np.empty(0, np.uint8)
+    flat = np.empty(extent[1], dtype=np.uint8)
+    at = 0
+    for piece in read_range(raw, *extent):
+        flat[at : at + len(piece)] = piece
+        at += len(piece)
     return flat.view(ds.dtype).reshape(ds.shape)
 
 

@@ -59,10 +59,16 @@ class RunLock:
 
 def is_run_locked(run_dir: Path) -> bool:
     """True when some process holds the run's lock (probed without waiting)."""
-    path = Path(run_dir) / LOCK_NAME
-    if not path.exists():
+    return is_locked(Path(run_dir) / LOCK_NAME)
+
+
+def is_locked(path: Path) -> bool:
+    """True when some live process holds an flock on ``path`` (probed without waiting; a
+    dead process's lock is gone with it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
         return False
-    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -125,7 +125,8 @@ def merge_checkpoints(
                 manifest,
                 names,
                 sources,
-                (lengths, truncated),
+                lengths,
+                truncated,
                 parts,
                 cache,
                 memory_budget_bytes,
@@ -268,7 +269,8 @@ def _write_merged(
     manifest: Mapping[str, Any],
     names: list[str],
     sources: list[_Source],
-    rows: tuple[np.ndarray, np.ndarray],
+    lengths: np.ndarray,
+    truncated: np.ndarray,
     parts: Mapping[str, str],
     cache: _FileCache,
     budget: int,
@@ -277,7 +279,9 @@ def _write_merged(
     # Half the budget for the chunk being copied, half for the one still being hashed.
     digests = DatasetDigests(max_pending_bytes=max(1, budget // 2))
     try:
-        _fill_merged(out, manifest, names, sources, rows, parts, cache, budget, digests, placed)
+        _fill_merged(
+            out, manifest, names, sources, lengths, truncated, parts, cache, budget, digests, placed
+        )
     finally:
         digests.close()
 
@@ -287,7 +291,8 @@ def _fill_merged(
     manifest: Mapping[str, Any],
     names: list[str],
     sources: list[_Source],
-    rows: tuple[np.ndarray, np.ndarray],
+    lengths: np.ndarray,
+    truncated: np.ndarray,
     parts: Mapping[str, str],
     cache: _FileCache,
     budget: int,
@@ -296,7 +301,6 @@ def _fill_merged(
 ) -> None:
     """``placed``: pooled datasets already in ``out`` with every row in place (an
     assembly's); their digests are read from the file."""
-    lengths, truncated = rows
     total = lengths.shape[0]
     width = int(manifest["embed_dim"])
     dtype = run_store_dtype(manifest)

@@ -8,8 +8,6 @@ assembled by a live process (locked by it) is not stale.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import shutil
 from collections.abc import Collection
@@ -25,6 +23,7 @@ from virnucpro.ckpt.layout import (
     TEMP_SUFFIX,
     iter_rank_dirs,
 )
+from virnucpro.ckpt.lock import is_locked
 
 # What move_aside made of a merge's or the manifest's temporary file in older versions.
 _QUARANTINED_TEMP = re.compile(
@@ -53,7 +52,8 @@ def remove_stale_temporaries(run_dir: Path, keep_sessions: Collection[str] = ())
         found += sorted(p for p in quarantine.iterdir() if _QUARANTINED_TEMP.match(p.name))
     removed = []
     for path in found:
-        if path.is_file() and not _in_use(path):
+        # An output being assembled by a live run is locked by it.
+        if path.is_file() and not is_locked(path):
             path.unlink()
             removed.append(path)
         elif path.is_dir() and path.name.startswith(f".{PARTS_DIR}."):
@@ -62,19 +62,3 @@ def remove_stale_temporaries(run_dir: Path, keep_sessions: Collection[str] = ())
     for directory in {p.parent for p in removed}:
         fsync_dir(directory)
     return removed
-
-
-def _in_use(path: Path) -> bool:
-    """A live process holds a lock on it: an output being assembled while its run goes on
-    (a dead process's lock is gone with it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
