@@ -67,7 +67,7 @@ def is_locked(path: Path) -> bool:
     dead process's lock is gone with it)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # gone, or not ours to read: nobody here holds it
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
