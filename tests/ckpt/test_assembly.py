@@ -1,6 +1,8 @@
 """The merged output begun while the run computes: the same file as a merge after it."""
 
+import errno
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virnucpro.ckpt import MergeError, merge_checkpoints, verify_output
+from virnucpro.ckpt import (
+    AsyncCheckpointWriter,
+    DiskFullError,
+    MergeError,
+    merge_checkpoints,
+    verify_output,
+)
 from virnucpro.ckpt import assembly as assembly_module
 from virnucpro.ckpt.assembly import OutputAssembly
 from virnucpro.ckpt.stale import remove_stale_temporaries
@@ -89,14 +97,29 @@ def test_the_thread_assembles_checkpoints_as_they_land(make_run, write_rows, mon
     assert verify_output(run_dir) is None
 
 
-def test_a_damaged_checkpoint_is_left_to_the_merge_to_name(make_run, write_rows):
-    run_dir, manifest = make_run(20)
-    good, bad = write_rows(run_dir, manifest, [np.arange(10), np.arange(10, 20)])
-    with h5py.File(bad, "r") as f:
+def _pooled_only_run(make_run, synthetic, groups):
+    """A run with pooled outputs only (no per-token values), its checkpoints written."""
+    run_dir, manifest = make_run(sum(len(g) for g in groups), pooling=["mean", "bos"])
+    paths = []
+    with AsyncCheckpointWriter(run_dir, manifest, 0, 1, None) as writer:
+        for group in groups:
+            batch = synthetic.synthetic_batch(group, WIDTH)
+            batch.outputs = {k: v for k, v in batch.outputs.items() if "per_token" not in k}
+            paths.append(writer.write_checkpoint_async(batch, "test"))
+    return run_dir, paths
+
+
+def _damage(path: Path) -> None:
+    with h5py.File(path, "r") as f:
         offset = f["layer_2/mean"].id.get_offset()
-    with open(bad, "r+b") as f:
+    with open(path, "r+b") as f:
         f.seek(offset)
         f.write(b"\xff" * 8)
+
+
+def test_a_damaged_checkpoint_is_left_to_the_merge_to_name(make_run, synthetic):
+    run_dir, (good, bad) = _pooled_only_run(make_run, synthetic, [np.arange(10), np.arange(10, 20)])
+    _damage(bad)
     assembly = OutputAssembly.for_run(run_dir)
     assembly.add(good)
     assembly.add(bad)
@@ -105,6 +128,101 @@ def test_a_damaged_checkpoint_is_left_to_the_merge_to_name(make_run, write_rows)
         merge_checkpoints(run_dir, assembly=assembly)
     assembly.discard()
     assert not list(run_dir.glob(".*.tmp")) and not (run_dir / "embeddings.h5").exists()
+
+
+def test_a_per_token_runs_checkpoints_are_not_hashed_twice(make_run, write_rows):
+    """The output's check hashes a per-token run's checkpoints, so the assembly does not
+    read them whole first; nor does it vouch for them: a merge asked to check them still
+    names a damaged one."""
+    run_dir, manifest = make_run(20)
+    good, bad = write_rows(run_dir, manifest, [np.arange(10), np.arange(10, 20)])
+    _damage(bad)
+    assembly = OutputAssembly.for_run(run_dir)
+    assembly.add(good)
+    assembly.add(bad)
+    assert sorted(assembly.assembled) == sorted([good, bad]) and not assembly.rejected
+    assert not assembly.verified(bad)
+    with pytest.raises(MergeError, match=bad.name):
+        merge_checkpoints(run_dir, assembly=assembly)
+    assembly.discard()
+
+
+def test_rows_a_failed_write_reached_are_written_again_by_the_merge(
+    make_run, write_rows, monkeypatch
+):
+    """A read error halfway through a file (its first dataset placed, not the rest)
+    leaves its rows claimed by nobody, so the merge writes them from the file it takes."""
+    run_dir, manifest = make_run(20)
+    (first,) = write_rows(run_dir, manifest, [np.arange(20)])
+    ((_plain_dir, _m),) = [make_run(20, name="plain")]
+    write_rows(_plain_dir, _m, [np.arange(20)])
+    assembly = OutputAssembly.for_run(run_dir)
+    assembly.add(first)
+    (duplicate,) = write_rows(run_dir, manifest, [np.arange(20)], session="duplicate")
+    with h5py.File(duplicate, "r+") as f:
+        for name in assembly.names:
+            f[name][...] = np.nan  # what it places must not survive
+    reads = iter(range(10**6))
+    real_read = assembly_module.read_range
+
+    def fails_after_the_first_dataset(raw, offset, size):
+        if next(reads) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(raw, offset, size)
+
+    monkeypatch.setattr(assembly_module, "read_range", fails_after_the_first_dataset)
+    with pytest.raises(OSError, match="Input/output"):
+        assembly.add(duplicate, check=False)
+    monkeypatch.undo()
+    duplicate.unlink()  # set aside, as the engine's scan does with a duplicate
+    got = merged_in_input_order(merge_checkpoints(run_dir, assembly=assembly))
+    expected = merged_in_input_order(merge_checkpoints(_plain_dir))
+    assembly.discard()
+    for name, values in expected[0].items():
+        np.testing.assert_array_equal(got[0][name], values, err_msg=name)
+    assert verify_output(run_dir) is None
+
+
+def test_the_outputs_blocks_are_reserved_when_the_assembly_begins(make_run):
+    """Written through a mapping, the rows must never need a block the disk no longer
+    has (that would kill the process): every block is allocated up front."""
+    run_dir, _manifest = make_run(300)
+    assembly = OutputAssembly.for_run(run_dir)
+    needed = len(assembly.names) * 300 * assembly.row_bytes
+    assert assembly.path.stat().st_blocks * 512 >= needed
+    assembly.discard()
+
+
+@pytest.mark.parametrize(
+    ("code", "outcome"), [(errno.EOPNOTSUPP, "merged as before"), (errno.ENOSPC, "disk full")]
+)
+def test_a_filesystem_that_cannot_reserve_the_output_gets_no_assembly(
+    make_run, monkeypatch, code, outcome
+):
+    """fallocate refused (a filesystem without it, or a full disk): no temporary file is
+    left, and the run merges at its end as before (a full disk says so)."""
+    run_dir, _manifest = make_run(10)
+
+    def refuses(fd, offset, size):
+        raise assembly_module.UnreservableError(code, os.strerror(code))
+
+    monkeypatch.setattr(assembly_module, "_reserve", refuses)
+    if outcome == "disk full":
+        with pytest.raises(DiskFullError):
+            OutputAssembly.for_run(run_dir)
+    else:
+        assert OutputAssembly.for_run(run_dir) is None
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_network_filesystem_gets_no_assembly(make_run, monkeypatch):
+    """There a page that cannot be read (the server gone) would kill the process
+    through the mapping, so the run merges at its end, as before."""
+    run_dir, _manifest = make_run(10)
+    assert assembly_module.filesystem_type(run_dir) in assembly_module.MAPPABLE_FILESYSTEMS
+    monkeypatch.setattr(assembly_module, "filesystem_type", lambda path: "nfs4")
+    assert OutputAssembly.for_run(run_dir) is None
+    assert not list(run_dir.glob(".*.tmp"))
 
 
 def test_a_live_assembly_is_kept_by_the_stale_scan_and_a_killed_ones_file_removed(

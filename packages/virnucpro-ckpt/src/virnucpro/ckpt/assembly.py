@@ -8,6 +8,15 @@ rows straight to their places in the output being built: the writes reach the di
 while the GPU works, and the merge writes only the ids, the small per-row datasets and
 the rows of the checkpoints that landed last.
 
+Rows reach the file through a mapping of it, one numpy scatter per dataset and
+checkpoint, which runs without the GIL: a packed plan spreads a checkpoint's rows over
+the whole input, and a write per run of consecutive rows (about 9,500 per 50 MB
+checkpoint) took the GIL back after each call, so beside a main thread busy in Python
+the assembly fell behind (`benchmarks/bench_assembly_gil.py`). The datasets' blocks are
+reserved when the file is made (fallocate), so a write through the mapping cannot meet
+a full disk (that would kill the process); where the filesystem cannot reserve them,
+nothing is assembled and the merge writes everything, as before.
+
 Pooled datasets stored as they are in memory (no compression) are assembled; anything
 else is merged as before. The file is a temporary file of this session, locked while
 its process lives: if the process dies it is removed at the next start
@@ -19,8 +28,11 @@ assembled, was replaced, or lost a row to another file.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import logging
+import mmap
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -47,7 +59,7 @@ from virnucpro.ckpt.layout import (
     output_names,
 )
 from virnucpro.ckpt.manifest import read_manifest
-from virnucpro.ckpt.safe_write import abandon, check_space, create_unbuffered
+from virnucpro.ckpt.safe_write import abandon, check_space, create_unbuffered, disk_full_error
 from virnucpro.ckpt.storage import run_compression
 
 log = logging.getLogger(__name__)
@@ -56,6 +68,17 @@ POLL_S = 1.0
 """How often the run's folders are looked at for finished checkpoints."""
 
 Identity = tuple[int, int, int]
+
+MAPPABLE_FILESYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs", "zfs", "tmpfs", "overlay"}
+)
+"""Local filesystems, where a write through a mapping of reserved blocks cannot fail
+while the disk works. On a network filesystem a failed read of a page (a server gone)
+would kill the process (SIGBUS) instead of raising an error, so nothing is assembled
+there and the merge writes everything."""
+
+_KEEP_SIZE = 1
+"""fallocate's FALLOC_FL_KEEP_SIZE: the datasets lie inside the file HDF5 made."""
 
 
 def assembled_names(manifest: Mapping[str, Any]) -> list[str]:
@@ -76,6 +99,10 @@ class OutputAssembly:
         self.run_dir = Path(run_dir)
         self.manifest = dict(manifest)
         self.names = assembled_names(manifest)
+        # As the merge: a per-token run's checkpoints are hashed once, by the output's
+        # check, not read whole here first for the few pooled rows.
+        names = output_names(manifest["layers"], manifest["pooling"], merged=True)
+        self.checksums = not any(is_per_token(name) for name in names)
         self.path = self.run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
         total, width = int(manifest["num_sequences"]), int(manifest["embed_dim"])
         dtype = run_store_dtype(manifest)
@@ -86,21 +113,36 @@ class OutputAssembly:
         self.assembled: dict[Path, tuple[Identity, int]] = {}
         self.rejected: dict[Path, Identity] = {}
         self.error: BaseException | None = None
-        self._fd = os.open(self.path, os.O_WRONLY)
+        self._fd = os.open(self.path, os.O_RDWR)
         # Held while this process lives: a scan for stale temporaries leaves the file.
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="virnucpro-assembly", daemon=True)
+        try:
+            for name in self.names:
+                _reserve(self._fd, self.offsets[name], total * self.row_bytes)
+        except UnreservableError as exc:
+            self.discard()
+            if exc.errno == errno.ENOSPC:
+                raise disk_full_error(self.path, total * self.row_bytes * len(self.names)) from None
+            raise
 
     @classmethod
     def for_run(cls, run_dir: Path) -> OutputAssembly | None:
-        """An assembly for this run, or None where there is nothing it can fill: no
-        pooled output, compressed storage (chunked), or no rows."""
+        """An assembly for this run, or None where there is nothing it can fill (no
+        pooled output, compressed storage, no rows), or where the filesystem is not a
+        local one or cannot reserve the output's blocks."""
         manifest = read_manifest(run_dir)
         plain = run_compression(manifest) == "none"
         if not plain or not assembled_names(manifest) or not int(manifest["num_sequences"]):
             return None
-        return cls(run_dir, manifest)
+        if filesystem_type(run_dir) not in MAPPABLE_FILESYSTEMS:
+            return None
+        try:
+            return cls(run_dir, manifest)
+        except UnreservableError as exc:
+            log.debug("no assembly: %s", exc)
+            return None
 
     def start(self) -> None:
         self._thread.start()
@@ -119,7 +161,10 @@ class OutputAssembly:
         abandon(None, self.path)
 
     def verified(self, path: Path) -> bool:
-        """Whether ``path`` is the very file this assembly checked and wrote."""
+        """Whether ``path`` is the very file this assembly wrote, its checksum checked."""
+        return self.checksums and self._wrote(path)
+
+    def _wrote(self, path: Path) -> bool:
         entry = self.assembled.get(Path(path))
         return entry is not None and entry[0] == _identity(path)
 
@@ -133,7 +178,7 @@ class OutputAssembly:
         late = 0
         for path, indices in sources:
             entry = self.assembled.get(Path(path))
-            number = entry[1] if entry is not None and self.verified(path) else -1
+            number = entry[1] if entry is not None and self._wrote(path) else -1
             if number < 0 or not np.all(self.owner[indices] == number):
                 self.add(Path(path), check=False)
                 late += len(indices)
@@ -146,13 +191,16 @@ class OutputAssembly:
         identity = _identity(path)
         if check:
             try:
-                validate_checkpoint_hdf5(path, self.manifest, verify_checksum=True)
+                validate_checkpoint_hdf5(path, self.manifest, verify_checksum=self.checksums)
             except InvalidCheckpointError:
                 self.rejected[Path(path)] = identity
                 return
         number = len(self.assembled)
         with h5py.File(path, "r") as f, open(path, "rb", buffering=0) as raw:
             indices = f["indices"][()]
+            # Claimed by nobody until every dataset is written: a failure halfway leaves
+            # rows that the merge writes again from the file it takes them from.
+            self.owner[indices] = -1
             for name in self.names:
                 self._place(indices, _values(f[name], raw), self.offsets[name])
         # On the disk now, while the GPU works, not in the merge's final sync.
@@ -161,19 +209,17 @@ class OutputAssembly:
         self.assembled[Path(path)] = (identity, number)
 
     def _place(self, indices: np.ndarray, values: np.ndarray, offset: int) -> None:
-        """Each run of consecutive input indices is one write at its rows' place."""
+        """Scatter the rows into their places through a mapping of their span of the
+        dataset (starting at ``offset`` in the file)."""
         if not len(indices):
             return
-        data = byte_view(values).data
-        cuts = np.flatnonzero(np.diff(indices) != 1) + 1
-        starts = np.concatenate(([0], cuts)).tolist()
-        stops = np.concatenate((cuts, [len(indices)])).tolist()
-        for start, stop in zip(starts, stops, strict=True):
-            piece = data[start * self.row_bytes : stop * self.row_bytes]
-            at = offset + int(indices[start]) * self.row_bytes
-            while piece:
-                written = os.pwrite(self._fd, piece, at)
-                piece, at = piece[written:], at + written
+        low, high = int(indices.min()), int(indices.max()) + 1
+        begin = offset + low * self.row_bytes
+        start = begin - begin % mmap.ALLOCATIONGRANULARITY
+        length = begin - start + (high - low) * self.row_bytes
+        rows = byte_view(values).reshape(len(indices), self.row_bytes)
+        with mmap.mmap(self._fd, length, offset=start) as mapped:
+            _scatter(mapped, begin - start, high - low, indices - low, rows)
 
     def _poll(self) -> None:
         try:
@@ -196,6 +242,51 @@ class OutputAssembly:
         for _rank, directory in iter_rank_dirs(self.run_dir):
             paths += sorted(p for p in directory.iterdir() if CHECKPOINT_NAME.match(p.name))
         return paths
+
+
+def _scatter(mapped: mmap.mmap, at: int, count: int, places: np.ndarray, rows: np.ndarray) -> None:
+    """``rows`` into rows ``places`` of the ``count`` rows mapped from byte ``at``; the
+    view of the mapping ends with this call, so the mapping can close."""
+    target = np.frombuffer(mapped, np.uint8, count * rows.shape[1], at)
+    target.reshape(count, rows.shape[1])[places] = rows
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding ``path``, from the mount table (Linux), or
+    None where it is not known."""
+    device = os.stat(path).st_dev
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        mount, _, source = line.partition(" - ")
+        fields = mount.split()
+        if len(fields) > 2 and fields[2] == wanted and source:
+            return source.split()[0]
+    return None
+
+
+class UnreservableError(OSError):
+    """The output's blocks could not be reserved: nothing is assembled (``errno``
+    ENOSPC: the disk is full)."""
+
+
+def _reserve(fd: int, offset: int, size: int) -> None:
+    """Allocate the file's blocks for ``size`` bytes from ``offset`` now (fallocate(2),
+    size unchanged): ``os.posix_fallocate`` would, on a filesystem without it, write
+    every block instead."""
+    try:
+        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+    except AttributeError:
+        raise UnreservableError(errno.EOPNOTSUPP, "no fallocate on this system") from None
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if os.fstat(fd).st_size < offset + size:  # a mapping past the end faults
+        raise UnreservableError(errno.EINVAL, "the output's datasets end past its file")
+    if fallocate(fd, _KEEP_SIZE, offset, size) != 0:
+        code = ctypes.get_errno()
+        raise UnreservableError(code, f"cannot reserve the output's blocks: {os.strerror(code)}")
 
 
 def _identity(path: Path) -> Identity:
