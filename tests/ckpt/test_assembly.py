@@ -2,6 +2,7 @@
 
 import errno
 import itertools
+import mmap
 import os
 import signal
 import subprocess
@@ -215,14 +216,25 @@ def test_a_filesystem_that_cannot_reserve_the_output_gets_no_assembly(
     assert not list(run_dir.glob(".*.tmp"))
 
 
-def test_a_network_filesystem_gets_no_assembly(make_run, monkeypatch):
-    """There a page that cannot be read (the server gone) would kill the process
-    through the mapping, so the run merges at its end, as before."""
+@pytest.mark.parametrize("kind", ["nfs4", "lustre", "btrfs", "zfs", "overlay", None])
+def test_a_filesystem_that_does_not_write_in_place_gets_no_assembly(make_run, monkeypatch, kind):
+    """A copy-on-write filesystem needs new space for every write and a network one a
+    server for every page: either failing inside a mapping would kill the process, so
+    the run merges at its end, as before (and so where the type is not known)."""
     run_dir, _manifest = make_run(10)
     assert assembly_module.filesystem_type(run_dir) in assembly_module.MAPPABLE_FILESYSTEMS
-    monkeypatch.setattr(assembly_module, "filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(assembly_module, "filesystem_type", lambda path: kind)
     assert OutputAssembly.for_run(run_dir) is None
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_an_error_inside_the_mapping_surfaces_as_itself(tmp_path):
+    """The view of the mapping ends with the write, even when the write fails, so the
+    mapping closes and the error is the write's own."""
+    path = tmp_path / "file"
+    path.write_bytes(bytes(mmap.ALLOCATIONGRANULARITY))
+    with pytest.raises(IndexError), open(path, "r+b") as f, mmap.mmap(f.fileno(), 0) as mapped:
+        assembly_module._scatter(mapped, 0, 4, np.array([9]), np.ones((1, 8), np.uint8))
 
 
 def test_a_live_assembly_is_kept_by_the_stale_scan_and_a_killed_ones_file_removed(

@@ -14,7 +14,8 @@ the whole input, and a write per run of consecutive rows (about 9,500 per 50 MB
 checkpoint) took the GIL back after each call, so beside a main thread busy in Python
 the assembly fell behind (`benchmarks/bench_assembly_gil.py`). The datasets' blocks are
 reserved when the file is made (fallocate), so a write through the mapping cannot meet
-a full disk (that would kill the process); where the filesystem cannot reserve them,
+a full disk (that would kill the process); on other filesystems than the local ones
+that write in place (`MAPPABLE_FILESYSTEMS`), or where the blocks cannot be reserved,
 nothing is assembled and the merge writes everything, as before.
 
 Pooled datasets stored as they are in memory (no compression) are assembled; anything
@@ -69,13 +70,13 @@ POLL_S = 1.0
 
 Identity = tuple[int, int, int]
 
-MAPPABLE_FILESYSTEMS = frozenset(
-    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs", "zfs", "tmpfs", "overlay"}
-)
-"""Local filesystems, where a write through a mapping of reserved blocks cannot fail
-while the disk works. On a network filesystem a failed read of a page (a server gone)
-would kill the process (SIGBUS) instead of raising an error, so nothing is assembled
-there and the merge writes everything."""
+MAPPABLE_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
+"""Local filesystems that write reserved blocks in place, where a write through a
+mapping cannot meet a full disk. Elsewhere nothing is assembled and the merge writes
+everything: a copy-on-write filesystem (btrfs, zfs, also under overlay) needs new space
+for every write, and a network one a server for every page it gives back, and either
+failing inside a mapping kills the process (SIGBUS) instead of raising an error. A
+local disk failing to read back a page kills it the same way."""
 
 _KEEP_SIZE = 1
 """fallocate's FALLOC_FL_KEEP_SIZE: the datasets lie inside the file HDF5 made."""
@@ -248,7 +249,10 @@ def _scatter(mapped: mmap.mmap, at: int, count: int, places: np.ndarray, rows: n
     """``rows`` into rows ``places`` of the ``count`` rows mapped from byte ``at``; the
     view of the mapping ends with this call, so the mapping can close."""
     target = np.frombuffer(mapped, np.uint8, count * rows.shape[1], at)
-    target.reshape(count, rows.shape[1])[places] = rows
+    try:
+        target.reshape(count, rows.shape[1])[places] = rows
+    finally:
+        del target  # an error's traceback must not keep the mapping open
 
 
 def filesystem_type(path: Path) -> str | None:
@@ -277,10 +281,11 @@ def _reserve(fd: int, offset: int, size: int) -> None:
     """Allocate the file's blocks for ``size`` bytes from ``offset`` now (fallocate(2),
     size unchanged): ``os.posix_fallocate`` would, on a filesystem without it, write
     every block instead."""
-    try:
-        fallocate = ctypes.CDLL(None, use_errno=True).fallocate
-    except AttributeError:
-        raise UnreservableError(errno.EOPNOTSUPP, "no fallocate on this system") from None
+    libc = ctypes.CDLL(None, use_errno=True)
+    # fallocate64 takes 64-bit offsets on 32-bit systems too.
+    fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if fallocate is None:
+        raise UnreservableError(errno.EOPNOTSUPP, "no fallocate on this system")
     fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     if os.fstat(fd).st_size < offset + size:  # a mapping past the end faults
         raise UnreservableError(errno.EINVAL, "the output's datasets end past its file")
