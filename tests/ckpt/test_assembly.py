@@ -21,6 +21,7 @@ from virnucpro.ckpt import (
     DiskFullError,
     MergeError,
     merge_checkpoints,
+    read_manifest,
     verify_output,
 )
 from virnucpro.ckpt import assembly as assembly_module
@@ -48,12 +49,13 @@ def _two_runs(make_run, write_rows, num, groups):
 def test_an_assembled_merge_writes_the_plain_merges_file(make_run, write_rows, num, data):
     """Whichever checkpoints were assembled before the merge, in any order, and even when
     another file wrote some of their rows after them, the datasets and their digests
-    equal those of a merge with no assembly."""
+    equal those of a merge with no assembly, whether the rows went through a mapping or
+    were written call by call."""
     order = np.random.default_rng(num).permutation(num)
     cuts = sorted(data.draw(st.sets(st.integers(1, num - 1), max_size=5)) if num > 1 else [])
     groups = np.split(order, cuts)
     (plain, _), (assembled, paths) = _two_runs(make_run, write_rows, num, groups)
-    assembly = OutputAssembly.for_run(assembled)
+    assembly = OutputAssembly(assembled, read_manifest(assembled), mapped=data.draw(st.booleans()))
     chosen = data.draw(st.lists(st.sampled_from(paths), unique=True))
     for path in chosen:
         assembly.add(path)
@@ -148,8 +150,9 @@ def test_a_per_token_runs_checkpoints_are_not_hashed_twice(make_run, write_rows)
     assembly.discard()
 
 
+@pytest.mark.parametrize("mapped", [True, False])
 def test_rows_a_failed_write_reached_are_written_again_by_the_merge(
-    make_run, write_rows, monkeypatch
+    make_run, write_rows, monkeypatch, mapped
 ):
     """A read error halfway through a file (its first dataset placed, not the rest)
     leaves its rows claimed by nobody, so the merge writes them from the file it takes."""
@@ -157,7 +160,7 @@ def test_rows_a_failed_write_reached_are_written_again_by_the_merge(
     (first,) = write_rows(run_dir, manifest, [np.arange(20)])
     ((_plain_dir, _m),) = [make_run(20, name="plain")]
     write_rows(_plain_dir, _m, [np.arange(20)])
-    assembly = OutputAssembly.for_run(run_dir)
+    assembly = OutputAssembly(run_dir, manifest, mapped=mapped)
     assembly.add(first)
     (duplicate,) = write_rows(run_dir, manifest, [np.arange(20)], session="duplicate")
     with h5py.File(duplicate, "r+") as f:
@@ -194,38 +197,55 @@ def test_the_outputs_blocks_are_reserved_when_the_assembly_begins(make_run):
     assembly.discard()
 
 
-@pytest.mark.parametrize(
-    ("code", "outcome"), [(errno.EOPNOTSUPP, "merged as before"), (errno.ENOSPC, "disk full")]
-)
-def test_a_filesystem_that_cannot_reserve_the_output_gets_no_assembly(
-    make_run, monkeypatch, code, outcome
-):
-    """fallocate refused (a filesystem without it, or a full disk): no temporary file is
-    left, and the run merges at its end as before (a full disk says so)."""
+def test_a_filesystem_that_cannot_reserve_the_output_writes_call_by_call(make_run, monkeypatch):
+    """fallocate refused: the rows are written call by call (an error there is an
+    error, not a signal)."""
     run_dir, _manifest = make_run(10)
 
     def refuses(fd, offset, size):
-        raise assembly_module.UnreservableError(code, os.strerror(code))
+        raise assembly_module.UnreservableError(errno.EOPNOTSUPP, "not supported")
 
     monkeypatch.setattr(assembly_module, "_reserve", refuses)
-    if outcome == "disk full":
-        with pytest.raises(DiskFullError):
-            OutputAssembly.for_run(run_dir)
-    else:
-        assert OutputAssembly.for_run(run_dir) is None
+    assembly = OutputAssembly.for_run(run_dir)
+    assert assembly is not None and not assembly.mapped
+    assembly.discard()
+
+
+def test_a_full_disk_at_the_start_is_said_and_leaves_no_file(make_run, monkeypatch):
+    run_dir, _manifest = make_run(10)
+
+    def full(fd, offset, size):
+        raise assembly_module.UnreservableError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(assembly_module, "_reserve", full)
+    with pytest.raises(DiskFullError):
+        OutputAssembly.for_run(run_dir)
     assert not list(run_dir.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("kind", ["nfs4", "lustre", "btrfs", "zfs", "overlay", None])
-def test_a_filesystem_that_does_not_write_in_place_gets_no_assembly(make_run, monkeypatch, kind):
+def test_only_filesystems_that_write_in_place_are_written_through_a_mapping(
+    make_run, write_rows, monkeypatch, kind
+):
     """A copy-on-write filesystem needs new space for every write and a network one a
     server for every page: either failing inside a mapping would kill the process, so
-    the run merges at its end, as before (and so where the type is not known)."""
-    run_dir, _manifest = make_run(10)
+    there (and where the type is not known) rows are written call by call."""
+    run_dir, manifest = make_run(10)
     assert assembly_module.filesystem_type(run_dir) in assembly_module.MAPPABLE_FILESYSTEMS
+    local = OutputAssembly.for_run(run_dir)
+    assert local.mapped
+    local.discard()
     monkeypatch.setattr(assembly_module, "filesystem_type", lambda path: kind)
-    assert OutputAssembly.for_run(run_dir) is None
-    assert not list(run_dir.glob(".*.tmp"))
+    assembly = OutputAssembly.for_run(run_dir)
+
+    def no_mapping(*args, **kwargs):
+        raise AssertionError("a mapping of the output on a filesystem that cannot take one")
+
+    monkeypatch.setattr(assembly_module.mmap, "mmap", no_mapping)
+    (path,) = write_rows(run_dir, manifest, [np.arange(10)])
+    assembly.add(path)
+    assert path in assembly.assembled and not assembly.mapped
+    assembly.discard()
 
 
 def test_an_error_inside_the_mapping_surfaces_as_itself(tmp_path):

@@ -8,15 +8,16 @@ rows straight to their places in the output being built: the writes reach the di
 while the GPU works, and the merge writes only the ids, the small per-row datasets and
 the rows of the checkpoints that landed last.
 
-Rows reach the file through a mapping of it, one numpy scatter per dataset and
-checkpoint, which runs without the GIL: a packed plan spreads a checkpoint's rows over
-the whole input, and a write per run of consecutive rows (about 9,500 per 50 MB
-checkpoint) took the GIL back after each call, so beside a main thread busy in Python
-the assembly fell behind (`benchmarks/bench_assembly_gil.py`). The datasets' blocks are
-reserved when the file is made (fallocate), so a write through the mapping cannot meet
-a full disk (that would kill the process); on other filesystems than the local ones
-that write in place (`MAPPABLE_FILESYSTEMS`), or where the blocks cannot be reserved,
-nothing is assembled and the merge writes everything, as before.
+On the local filesystems that write in place (`MAPPABLE_FILESYSTEMS`) rows reach the
+file through a mapping of it, one numpy scatter per dataset and checkpoint, which runs
+without the GIL: a packed plan spreads a checkpoint's rows over the whole input, and a
+write per run of consecutive rows (about 9,500 per 50 MB checkpoint) takes the GIL back
+after each call, so beside a main thread busy in Python the assembly fell behind
+(`benchmarks/bench_assembly_gil.py`). The datasets' blocks are reserved when the file
+is made (fallocate), so a write through the mapping cannot meet a full disk (that would
+kill the process). Elsewhere (network and copy-on-write filesystems, or blocks that
+cannot be reserved) the rows are written call by call, which fails with an error the
+merge falls back from, never with a signal.
 
 Pooled datasets stored as they are in memory (no compression) are assembled; anything
 else is merged as before. The file is a temporary file of this session, locked while
@@ -72,11 +73,11 @@ Identity = tuple[int, int, int]
 
 MAPPABLE_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
 """Local filesystems that write reserved blocks in place, where a write through a
-mapping cannot meet a full disk. Elsewhere nothing is assembled and the merge writes
-everything: a copy-on-write filesystem (btrfs, zfs, also under overlay) needs new space
-for every write, and a network one a server for every page it gives back, and either
-failing inside a mapping kills the process (SIGBUS) instead of raising an error. A
-local disk failing to read back a page kills it the same way."""
+mapping cannot meet a full disk. Elsewhere rows are written call by call: a
+copy-on-write filesystem (btrfs, zfs, also under overlay) needs new space for every
+write, and a network one a server for every page it gives back, and either failing
+inside a mapping kills the process (SIGBUS) instead of raising an error. A local disk
+failing to read back a page kills it the same way."""
 
 _KEEP_SIZE = 1
 """fallocate's FALLOC_FL_KEEP_SIZE: the datasets lie inside the file HDF5 made."""
@@ -96,7 +97,7 @@ class OutputAssembly:
     ``discard()`` removes it if no merge did.
     """
 
-    def __init__(self, run_dir: Path, manifest: Mapping[str, Any]) -> None:
+    def __init__(self, run_dir: Path, manifest: Mapping[str, Any], mapped: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.manifest = dict(manifest)
         self.names = assembled_names(manifest)
@@ -119,31 +120,26 @@ class OutputAssembly:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="virnucpro-assembly", daemon=True)
+        self.mapped = mapped
         try:
-            for name in self.names:
+            for name in self.names if mapped else ():
                 _reserve(self._fd, self.offsets[name], total * self.row_bytes)
         except UnreservableError as exc:
-            self.discard()
             if exc.errno == errno.ENOSPC:
+                self.discard()
                 raise disk_full_error(self.path, total * self.row_bytes * len(self.names)) from None
-            raise
+            log.debug("rows written call by call: %s", exc)
+            self.mapped = False
 
     @classmethod
     def for_run(cls, run_dir: Path) -> OutputAssembly | None:
-        """An assembly for this run, or None where there is nothing it can fill (no
-        pooled output, compressed storage, no rows), or where the filesystem is not a
-        local one or cannot reserve the output's blocks."""
+        """An assembly for this run (mapped where its filesystem allows), or None where
+        there is nothing it can fill: no pooled output, compressed storage, no rows."""
         manifest = read_manifest(run_dir)
         plain = run_compression(manifest) == "none"
         if not plain or not assembled_names(manifest) or not int(manifest["num_sequences"]):
             return None
-        if filesystem_type(run_dir) not in MAPPABLE_FILESYSTEMS:
-            return None
-        try:
-            return cls(run_dir, manifest)
-        except UnreservableError as exc:
-            log.debug("no assembly: %s", exc)
-            return None
+        return cls(run_dir, manifest, mapped=filesystem_type(run_dir) in MAPPABLE_FILESYSTEMS)
 
     def start(self) -> None:
         self._thread.start()
@@ -210,15 +206,19 @@ class OutputAssembly:
         self.assembled[Path(path)] = (identity, number)
 
     def _place(self, indices: np.ndarray, values: np.ndarray, offset: int) -> None:
-        """Scatter the rows into their places through a mapping of their span of the
-        dataset (starting at ``offset`` in the file)."""
+        """The rows at their places in the dataset starting at ``offset`` in the file:
+        scattered through a mapping of their span, or one write per run of consecutive
+        input indices."""
         if not len(indices):
+            return
+        rows = byte_view(values).reshape(len(indices), self.row_bytes)
+        if not self.mapped:
+            _write_runs(self._fd, offset, indices, rows)
             return
         low, high = int(indices.min()), int(indices.max()) + 1
         begin = offset + low * self.row_bytes
         start = begin - begin % mmap.ALLOCATIONGRANULARITY
         length = begin - start + (high - low) * self.row_bytes
-        rows = byte_view(values).reshape(len(indices), self.row_bytes)
         with mmap.mmap(self._fd, length, offset=start) as mapped:
             _scatter(mapped, begin - start, high - low, indices - low, rows)
 
@@ -255,6 +255,22 @@ def _scatter(mapped: mmap.mmap, at: int, count: int, places: np.ndarray, rows: n
         del target  # an error's traceback must not keep the mapping open
 
 
+def _write_runs(fd: int, offset: int, indices: np.ndarray, rows: np.ndarray) -> None:
+    """``rows`` to rows ``indices`` of the dataset at ``offset``, a write per run of
+    consecutive indices."""
+    row_bytes = rows.shape[1]
+    data = rows.reshape(-1).data
+    cuts = np.flatnonzero(np.diff(indices) != 1) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    stops = np.concatenate((cuts, [len(indices)])).tolist()
+    for first, stop in zip(starts, stops, strict=True):
+        piece = data[first * row_bytes : stop * row_bytes]
+        at = offset + int(indices[first]) * row_bytes
+        while piece:
+            written = os.pwrite(fd, piece, at)
+            piece, at = piece[written:], at + written
+
+
 def filesystem_type(path: Path) -> str | None:
     """The type of the filesystem holding ``path``, from the mount table (Linux), or
     None where it is not known."""
@@ -273,8 +289,7 @@ def filesystem_type(path: Path) -> str | None:
 
 
 class UnreservableError(OSError):
-    """The output's blocks could not be reserved: nothing is assembled (``errno``
-    ENOSPC: the disk is full)."""
+    """The output's blocks could not be reserved (``errno`` ENOSPC: the disk is full)."""
 
 
 def _reserve(fd: int, offset: int, size: int) -> None:
