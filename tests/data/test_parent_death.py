@@ -3,6 +3,9 @@
 Each scenario runs a parent script in its own session that starts children which hang
 (a DataLoader worker stuck in ``__getitem__``, a plain spawned process sleeping), prints
 their pids, then is SIGKILLed. Without the parent-death guard those children live on.
+The children say their pid in one write each: two ``print`` calls running at once
+interleave their pieces on the shared pipe ("childchild  1053510536"), and the test then
+waited for a line that never came.
 """
 
 import os
@@ -74,7 +77,7 @@ class Hangs(Dataset):
     def __len__(self):
         return 100
     def __getitem__(self, i):
-        print("child", os.getpid(), flush=True)
+        os.write(1, f"child {os.getpid()}\\n".encode())  # one write: lines never interleave
         time.sleep(3600)
 
 if __name__ == "__main__":
@@ -93,7 +96,7 @@ from virnucpro.data.parent_death import die_with_parent
 
 def child(use_prctl):
     mechanism = die_with_parent(use_prctl=use_prctl, poll_interval_s=0.1)
-    print("child", os.getpid(), mechanism, flush=True)
+    os.write(1, f"child {os.getpid()} {mechanism}\\n".encode())  # one write: no interleaving
     time.sleep(3600)
 
 if __name__ == "__main__":
