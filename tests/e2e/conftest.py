@@ -66,6 +66,9 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in paths)
     env["COLUMNS"] = "200"
     env["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
+    # A process that dies of a fatal signal (a C++ abort in a torchrun rank, seen once)
+    # prints every thread's Python stack, so a rare failure says where it happened.
+    env["PYTHONFAULTHANDLER"] = "1"
     return env
 
 
