@@ -158,8 +158,8 @@ def test_rows_a_failed_write_reached_are_written_again_by_the_merge(
     leaves its rows claimed by nobody, so the merge writes them from the file it takes."""
     run_dir, manifest = make_run(20)
     (first,) = write_rows(run_dir, manifest, [np.arange(20)])
-    ((_plain_dir, _m),) = [make_run(20, name="plain")]
-    write_rows(_plain_dir, _m, [np.arange(20)])
+    plain_dir, plain_manifest = make_run(20, name="plain")
+    write_rows(plain_dir, plain_manifest, [np.arange(20)])
     assembly = OutputAssembly(run_dir, manifest, mapped=mapped)
     assembly.add(first)
     (duplicate,) = write_rows(run_dir, manifest, [np.arange(20)], session="duplicate")
@@ -180,7 +180,7 @@ def test_rows_a_failed_write_reached_are_written_again_by_the_merge(
     monkeypatch.undo()
     duplicate.unlink()  # set aside, as the engine's scan does with a duplicate
     got = merged_in_input_order(merge_checkpoints(run_dir, assembly=assembly))
-    expected = merged_in_input_order(merge_checkpoints(_plain_dir))
+    expected = merged_in_input_order(merge_checkpoints(plain_dir))
     assembly.discard()
     for name, values in expected[0].items():
         np.testing.assert_array_equal(got[0][name], values, err_msg=name)

@@ -55,6 +55,7 @@ from virnucpro.ckpt.errors import InvalidCheckpointError
 from virnucpro.ckpt.layout import (
     CHECKPOINT_NAME,
     MERGED_NAME,
+    PER_TOKEN,
     TEMP_SUFFIX,
     iter_rank_dirs,
     new_session_id,
@@ -103,8 +104,7 @@ class OutputAssembly:
         self.names = assembled_names(manifest)
         # As the merge: a per-token run's checkpoints are hashed once, by the output's
         # check, not read whole here first for the few pooled rows.
-        names = output_names(manifest["layers"], manifest["pooling"], merged=True)
-        self.checksums = not any(is_per_token(name) for name in names)
+        self.checksums = PER_TOKEN not in manifest["pooling"]
         self.path = self.run_dir / f".{MERGED_NAME}.{new_session_id()}{TEMP_SUFFIX}"
         total, width = int(manifest["num_sequences"]), int(manifest["embed_dim"])
         dtype = run_store_dtype(manifest)
